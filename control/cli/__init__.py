@@ -1,0 +1,35 @@
+"""The ``foundry`` command line.
+
+Each command group lives in its own module and registers itself on the root app:
+``up``/``config`` (:mod:`control.cli.stack`), ``keys``/``projects``/``usage``
+(:mod:`control.cli.admin`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
+(:mod:`tune.cli`).
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="foundry",
+    help="Foundry: an OpenAI-compatible serving and optimization stack on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from control.cli import admin, stack
+    from tune import cli as tune_cli
+
+    stack.register(app)
+    admin.register(app)
+    tune_cli.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

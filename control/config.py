@@ -1,0 +1,135 @@
+"""The one TOML file that describes a Foundry stack, and where its state lives.
+
+``load_config(path)`` parses and validates it; ``default_config()`` is the built-in default
+(``control/default.toml``, printed by ``foundry config default``). Errors name the file and the
+key: ``config.toml: models.chat.providers.p.type: unknown provider type 'x' (valid: local)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+from serve.config import PROVIDER_TYPES, GatewayConfig, LocalProvider, MetricsConfig, ModelConfig, RuntimeConfig
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class DatabaseConfig(_Strict):
+    url: str = Field(default="", description="empty: SQLite at $FOUNDRY_HOME/foundry.db")
+
+
+class ControlConfig(_Strict):
+    num_cpus: PositiveFloat = 0.1
+
+
+class FoundryConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    control: ControlConfig = ControlConfig()
+    runtimes: dict[str, RuntimeConfig] = {}
+    models: dict[str, ModelConfig] = {}
+
+    @model_validator(mode="after")
+    def _check_references(self) -> FoundryConfig:
+        for model_name, model in self.models.items():
+            for provider_name, provider in model.providers.items():
+                if isinstance(provider, LocalProvider):
+                    runtime = provider.runtime or model_name
+                    if runtime not in self.runtimes:
+                        key = f"models.{model_name}.providers.{provider_name}"
+                        raise ValueError(
+                            f"{key}: local provider refers to runtime {runtime!r}, but there is no "
+                            f"[runtimes.{runtime!r}] table (defined: {', '.join(self.runtimes) or 'none'})"
+                        )
+        return self
+
+    def local_runtime(self, model_name: str, provider: LocalProvider) -> str:
+        return provider.runtime or model_name
+
+
+def foundry_home() -> Path:
+    """``$FOUNDRY_HOME``, default ``~/.foundry``: every piece of state of a local stack."""
+    return Path(os.environ.get("FOUNDRY_HOME") or Path.home() / ".foundry").expanduser().resolve()
+
+
+def default_config_text() -> str:
+    return resources.files("control").joinpath("default.toml").read_text()
+
+
+def default_config() -> FoundryConfig:
+    return parse_config(default_config_text(), source="<default config>", base_dir=Path.cwd())
+
+
+def load_config(path: str | Path) -> FoundryConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    return parse_config(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_config(text: str, *, source: str, base_dir: Path) -> FoundryConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    try:
+        config = FoundryConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from exc
+    return _resolve_paths(config, base_dir)
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(p) for p in _strip_union_tags(error["loc"]))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return f"{loc}.type: unknown provider type {ctx.get('tag')!r} (valid: {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return f"{loc}: missing key 'type'"
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return f"{loc}: {error['msg']}" if loc else error["msg"]
+
+
+def _strip_union_tags(loc: tuple) -> list:
+    """pydantic puts the discriminator value into the location (``providers.p.local.foo``);
+    users wrote ``providers.p.foo``."""
+    parts = list(loc)
+    for i in range(len(parts) - 2):
+        if parts[i] == "providers" and parts[i + 2] in PROVIDER_TYPES:
+            del parts[i + 2]
+            break
+    return parts
+
+
+def _resolve_paths(config: FoundryConfig, base_dir: Path) -> FoundryConfig:
+    """Relative runtime model paths resolve against the config file's directory."""
+    runtimes = {}
+    for name, rt in config.runtimes.items():
+        if not rt.model.startswith("builtin:") and not Path(rt.model).expanduser().is_absolute():
+            rt = rt.model_copy(update={"model": str((base_dir / rt.model).resolve())})
+        runtimes[name] = rt
+    return config.model_copy(update={"runtimes": runtimes})

@@ -1,0 +1,25 @@
+"""The control API as a Ray Serve application (mounted under /api)."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.deployment import Application
+
+from control.app import create_app
+from serve.metrics.actor import MetricsClient
+
+
+def build_control(*, database_url: str, metrics: MetricsClient, num_cpus: float) -> Application:
+    app = create_app(database_url=database_url, usage=metrics)
+
+    @serve.deployment(
+        name="ControlAPI",
+        ray_actor_options={"num_cpus": num_cpus},
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=30,
+    )
+    @serve.ingress(app)
+    class ControlAPI:
+        pass
+
+    return ControlAPI.bind()

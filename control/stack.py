@@ -1,0 +1,167 @@
+"""A running Foundry stack: Ray, the metrics actor, and the Serve applications.
+
+``foundry up`` is a thin driver over :class:`Stack`::
+
+    stack = Stack(load_config("foundry.toml"), home=foundry_home())
+    info = stack.start()          # Ray (started or joined), migrations, Serve apps
+    ...
+    stack.stop()                  # drain, flush metrics, shut Serve down, stop Ray if we started it
+
+Serve applications::
+
+    gateway          /v1    serve.gateway       (OpenAI API)
+    control          /api   control.app         (projects, keys, usage; docs at /api/docs)
+    runtime-<name>   -      serve.runtimes      (one per [runtimes] table, reached by handle)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from control.config import FoundryConfig
+from control.db import migrate, normalize_url
+from control.deployment import build_control
+from control.keys import DatabaseKeySource, bootstrap_admin
+from serve.gateway.app import build_gateway
+from serve.metrics.actor import ACTOR_NAME, MetricsActor, MetricsClient
+from serve.providers.local import runtime_app_name
+from serve.runtimes.deployment import build_runtime, deployment_name
+from serve.runtimes.tiny import ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "foundry"
+READY_TIMEOUT_S = 300
+
+
+@dataclass
+class StackInfo:
+    gateway_url: str
+    control_url: str
+    docs_url: str
+    dashboard_url: str | None
+    models: dict[str, str]  # name -> what it serves
+    admin_key: str | None  # generated this run (shown once), else None
+    started_ray: bool
+    database_url: str
+    extra: dict = field(default_factory=dict)
+
+
+class Stack:
+    def __init__(self, config: FoundryConfig, *, home: Path, address: str | None = None, port: int | None = None) -> None:
+        self.config = config
+        self.home = home
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.port = port or config.server.port
+        self._started_ray = False
+        self._metrics_actor = None
+
+    @property
+    def database_url(self) -> str:
+        return self.config.database.url or f"sqlite:///{self.home / 'foundry.db'}"
+
+    def start(self) -> StackInfo:
+        self.home.mkdir(parents=True, exist_ok=True)
+        db_url = normalize_url(self.database_url)
+        asyncio.run(migrate(db_url))
+        admin_key = asyncio.run(bootstrap_admin(db_url, os.environ.get("FOUNDRY_ADMIN_KEY") or None))
+        if any(rt.model == "builtin:foundry-tiny" for rt in self.config.runtimes.values()):
+            ensure_tiny_model(self.home)  # once, here, rather than racing in replicas
+
+        ctx = self._start_ray()
+        metrics = self._start_metrics()
+        serve.start(http_options={"host": self.config.server.host, "port": self.port})
+
+        runtime_deployments = {name: deployment_name(rt) for name, rt in self.config.runtimes.items()}
+        targets = [
+            serve.RunTarget(build_runtime(name, rt, self.home), name=runtime_app_name(name), route_prefix=None)
+            for name, rt in self.config.runtimes.items()
+        ]
+        targets.append(
+            serve.RunTarget(
+                build_control(database_url=db_url, metrics=metrics, num_cpus=self.config.control.num_cpus),
+                name="control",
+                route_prefix="/api",
+            )
+        )
+        serve.run_many(targets)
+        # The gateway goes last: it resolves runtime handles when it starts.
+        serve.run(
+            build_gateway(
+                models=dict(self.config.models),
+                runtime_deployments=runtime_deployments,
+                key_source=DatabaseKeySource(db_url),
+                metrics=metrics,
+                settings=self.config.gateway,
+                metrics_settings=self.config.metrics,
+            ),
+            name="gateway",
+            route_prefix="/v1",
+        )
+
+        host = "127.0.0.1" if self.config.server.host in ("0.0.0.0", "::") else self.config.server.host
+        base = f"http://{host}:{self.port}"
+        dashboard = getattr(ctx, "dashboard_url", None)
+        return StackInfo(
+            gateway_url=f"{base}/v1",
+            control_url=f"{base}/api",
+            docs_url=f"{base}/api/docs",
+            dashboard_url=f"http://{dashboard}" if dashboard else None,
+            models={name: self._serves(name) for name in self.config.models},
+            admin_key=admin_key,
+            started_ray=self._started_ray,
+            database_url=self.database_url,
+        )
+
+    def stop(self) -> None:
+        """Drain and stop. Replicas finish in-flight requests and flush their metrics before
+        Serve returns; then the metrics actor closes its store."""
+        try:
+            serve.shutdown()
+        finally:
+            if self._metrics_actor is not None:
+                try:
+                    ray.get(self._metrics_actor.close.remote(), timeout=60)
+                except Exception as exc:
+                    log.error("closing the metrics store failed: %s", exc)
+            if self._started_ray:
+                ray.shutdown()
+
+    # --- parts -------------------------------------------------------------------------------
+
+    def _start_ray(self):
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if self.address:
+            ctx = ray.init(address=self.address, namespace=NAMESPACE, runtime_env={"env_vars": env})
+        else:
+            ctx = ray.init(
+                namespace=NAMESPACE,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                runtime_env={"env_vars": env},
+                log_to_driver=False,
+            )
+            self._started_ray = True
+        return ctx
+
+    def _start_metrics(self) -> MetricsClient:
+        m = self.config.metrics
+        path = m.path or str(self.home / "metrics")
+        self._metrics_actor = MetricsActor.options(name=ACTOR_NAME, namespace=NAMESPACE).remote(m.backend, path, m.url)
+        ray.get(self._metrics_actor.ready.remote(), timeout=READY_TIMEOUT_S)
+        return MetricsClient(self._metrics_actor)
+
+    def _serves(self, model: str) -> str:
+        tasks = set()
+        for pname, p in self.config.models[model].providers.items():
+            if p.type == "local":
+                rt = self.config.runtimes[p.runtime or model]
+                tasks.add("embeddings" if rt.task == "embed" else "chat, completions")
+        return ", ".join(sorted(tasks)) or "chat, completions"

@@ -1,0 +1,59 @@
+"""API keys as the gateway sees them.
+
+The gateway never stores or compares secrets: it hashes the presented key with
+:func:`hash_key` and looks the hash up in a cache filled from a :class:`KeySource`. The control
+plane implements the source over its database (``control.keys.DatabaseKeySource``); the gateway
+depends only on this protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+KEY_PREFIX = "sk-fnd-"
+DISPLAY_PREFIX_LEN = 12
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of an API key: SHA-256, hex. Keys are 256-bit random, so no salt or KDF."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh API key: ``sk-fnd-`` and 43 URL-safe characters (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def display_prefix(secret: str) -> str:
+    """What lists show of a key."""
+    return secret[:DISPLAY_PREFIX_LEN]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    key_id: str
+    project_id: str
+    project: str
+    is_admin: bool = False
+    models: tuple[str, ...] | None = None  # None: every model
+    rpm: int | None = None
+    tpm: int | None = None
+    expires_at: float | None = None  # unix seconds
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Where the gateway's key cache comes from. Must be picklable (it travels to replicas)."""
+
+    async def fingerprint(self) -> str:
+        """A cheap value that changes whenever any key is created, changed or revoked."""
+        ...
+
+    async def load_active(self) -> dict[str, ApiKeyInfo]:
+        """Every active (not revoked) key, by :func:`hash_key` of its secret."""
+        ...
+
+    async def close(self) -> None: ...

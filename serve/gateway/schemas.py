@@ -1,0 +1,138 @@
+"""OpenAI request bodies, validated.
+
+Unknown fields are accepted and ignored (clients send many optional ones); known fields are
+checked, and a violation becomes a 400 that names the parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve.gateway.errors import InvalidRequest
+
+DEFAULT_MAX_TOKENS = 256
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+Stop = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class _Sampling(_Lenient):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
+    seed: int | None = None
+    stop: Stop = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def stop_tuple(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_tokens or 16  # the OpenAI completions default
+
+
+class EmbeddingRequest(_Lenient):
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) else v
+        if any(not s for s in items):
+            raise ValueError("input must not contain empty strings")
+        return v
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse_body(raw: bytes, schema: type[T]) -> T:
+    """Decode and validate a JSON body; any problem becomes :class:`InvalidRequest`."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        param = loc[0] if loc else None
+        where = ".".join(loc) or "body"
+        message = f"Missing required parameter: '{where}'." if err["type"] == "missing" else f"Invalid value for '{where}': {err['msg']}."
+        raise InvalidRequest(message, param=param) from None
+
+
+def model_name_hint(raw: bytes) -> str:
+    """Best-effort model name from a body that may not validate (for metrics rows)."""
+    try:
+        data = orjson.loads(raw)
+        return str(data.get("model", ""))[:200] if isinstance(data, dict) else ""
+    except orjson.JSONDecodeError:
+        return ""

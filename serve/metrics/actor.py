@@ -1,0 +1,136 @@
+"""The metrics store as a Ray actor, and the clients the gateway and control plane hold.
+
+chdb lets one process own a data directory, so one actor owns the store (embedded or server,
+the same code) and every replica talks to it through :class:`MetricsClient`:
+
+    gateway replica ──MetricsRecorder(batches)──► MetricsActor ──► chdb / ClickHouse
+    control replica ──MetricsClient.usage()────►      │
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from datetime import datetime
+
+import ray
+
+from serve.metrics.records import RequestRecord, UsageReport
+from serve.metrics.store import MetricsStore, open_backend
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "foundry-metrics"
+CALL_TIMEOUT_S = 30.0
+
+
+@ray.remote(num_cpus=0, max_concurrency=64)
+class MetricsActor:
+    """Owns the metrics store. Async actor: calls interleave, the store serialises statements."""
+
+    def __init__(self, backend: str, path: str | None, url: str | None) -> None:
+        self._store = MetricsStore(open_backend(backend=backend, path=path, url=url))
+        self._closed = False
+
+    async def insert(self, rows: list[RequestRecord]) -> int:
+        if self._closed:
+            raise RuntimeError("metrics store is closed")
+        await self._store.insert(rows)
+        return len(rows)
+
+    async def usage(
+        self, since: datetime | None = None, until: datetime | None = None, project_id: str | None = None
+    ) -> UsageReport:
+        return await self._store.usage(since=since, until=until, project_id=project_id)
+
+    async def count(self) -> int:
+        return await self._store.count()
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._store.close()
+
+
+class MetricsClient:
+    """Async access to the :class:`MetricsActor`; picklable, so it travels to replicas."""
+
+    def __init__(self, actor: ray.actor.ActorHandle) -> None:
+        self._actor = actor
+
+    async def insert(self, rows: list[RequestRecord]) -> None:
+        await asyncio.wait_for(self._actor.insert.remote(rows), CALL_TIMEOUT_S)
+
+    async def usage(
+        self, *, since: datetime | None = None, until: datetime | None = None, project_id: str | None = None
+    ) -> UsageReport:
+        return await asyncio.wait_for(self._actor.usage.remote(since, until, project_id), CALL_TIMEOUT_S)
+
+    async def count(self) -> int:
+        return await asyncio.wait_for(self._actor.count.remote(), CALL_TIMEOUT_S)
+
+
+class MetricsRecorder:
+    """Buffers request records off the request path and writes them in batches.
+
+    ``record()`` is a non-blocking append. A background task flushes every ``interval_s`` or
+    as soon as ``max_rows`` are waiting; ``close()`` flushes what is left. Rows that fail to
+    write stay buffered and are retried (up to ``max_buffered`` rows; beyond that the oldest are
+    dropped with an error log, so a dead store cannot exhaust the gateway's memory).
+    """
+
+    def __init__(
+        self, sink: MetricsClient, *, interval_s: float = 0.5, max_rows: int = 512, max_buffered: int = 200_000
+    ) -> None:
+        self._sink = sink
+        self._interval_s = interval_s
+        self._max_rows = max_rows
+        self._buffer: deque[RequestRecord] = deque(maxlen=max_buffered)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._flush_lock = asyncio.Lock()
+
+    def record(self, rec: RequestRecord) -> None:
+        if len(self._buffer) == self._buffer.maxlen:
+            log.error("metrics buffer full; dropping the oldest record")
+        self._buffer.append(rec)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self._buffer) >= self._max_rows:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            while self._buffer:
+                batch = list(self._buffer)
+                await self._sink.insert(batch)
+                for _ in range(len(batch)):
+                    self._buffer.popleft()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the rows; try again next tick
+                log.warning("metrics flush failed (%d rows kept): %s", len(self._buffer), exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()

@@ -1,0 +1,52 @@
+"""One row per gateway request, and the usage report built from those rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    ts: datetime  # UTC, when the request arrived
+    endpoint: str  # chat.completions | completions | embeddings | models
+    model: str
+    status: int  # HTTP status returned to the client
+    project_id: str = ""
+    key_id: str = ""
+    provider: str = ""  # e.g. "local:foundry-tiny"
+    error_type: str = ""  # OpenAI error type, empty on success
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    streamed: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class ModelUsage:
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+
+
+@dataclass(slots=True)
+class UsageReport:
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    models: list[ModelUsage] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,276 @@
+"""The request-metrics store: one ClickHouse schema, two ways to reach it.
+
+- :class:`ChdbBackend`: the ClickHouse engine embedded in-process through chdb, with its data
+  under ``$FOUNDRY_HOME/metrics``. chdb lets only one process open a data directory, so in a
+  running stack exactly one Ray actor (:mod:`serve.metrics.actor`) owns it.
+- :class:`ClickHouseHTTPBackend`: a ClickHouse server through clickhouse-connect.
+
+Both speak the same SQL and exchange rows as JSONEachRow, so :class:`MetricsStore` (schema,
+inserts and the usage report) is written once.
+
+Example::
+
+    store = MetricsStore(ChdbBackend("/tmp/metrics"))
+    await store.insert([RequestRecord(...)])
+    report = await store.usage()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+from typing import Protocol
+from urllib.parse import urlparse
+
+from serve.metrics.records import ModelUsage, RequestRecord, UsageReport
+
+TABLE = "requests"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    request_id String,
+    ts DateTime64(3, 'UTC'),
+    endpoint LowCardinality(String),
+    model LowCardinality(String),
+    status UInt16,
+    project_id String,
+    key_id String,
+    provider LowCardinality(String),
+    error_type LowCardinality(String),
+    prompt_tokens UInt32,
+    completion_tokens UInt32,
+    ttft_ms Nullable(Float64),
+    latency_ms Float64,
+    streamed Bool
+) ENGINE = MergeTree
+ORDER BY (model, ts)
+"""
+
+
+class MetricsBackendError(Exception):
+    """The metrics database could not be reached or rejected a statement."""
+
+
+class Backend(Protocol):
+    """Blocking access to one ClickHouse database; :class:`MetricsStore` runs it off the loop."""
+
+    def command(self, sql: str) -> None: ...
+
+    def insert_json_rows(self, table: str, payload: bytes) -> None: ...
+
+    def query_rows(self, sql: str) -> list[dict]: ...
+
+    def close(self) -> None: ...
+
+
+class ChdbBackend:
+    """The embedded ClickHouse engine. Only one process may open ``path`` at a time."""
+
+    def __init__(self, path: str) -> None:
+        from chdb import session
+
+        try:
+            self._session = session.Session(path)
+        except Exception as exc:  # chdb raises plain RuntimeError
+            raise MetricsBackendError(
+                f"cannot open the embedded metrics store at {path}: {exc} "
+                "(is another process using it?)"
+            ) from exc
+
+    def command(self, sql: str) -> None:
+        self._query(sql)
+
+    def insert_json_rows(self, table: str, payload: bytes) -> None:
+        self._query(f"INSERT INTO {table} FORMAT JSONEachRow\n" + payload.decode())
+
+    def query_rows(self, sql: str) -> list[dict]:
+        out = self._query(sql + " FORMAT JSONEachRow").bytes()
+        return [json.loads(line) for line in out.splitlines() if line]
+
+    def _query(self, sql: str):
+        try:
+            return self._session.query(sql)
+        except Exception as exc:
+            raise MetricsBackendError(f"metrics query failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class ClickHouseHTTPBackend:
+    """A ClickHouse server, e.g. ``http://user:password@clickhouse:8123/foundry``."""
+
+    def __init__(self, url: str) -> None:
+        import clickhouse_connect
+
+        parsed = urlparse(url)
+        database = parsed.path.strip("/") or "default"
+        try:
+            self._client = clickhouse_connect.get_client(
+                host=parsed.hostname or "localhost",
+                port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
+                username=parsed.username or "default",
+                password=parsed.password or "",
+                secure=parsed.scheme == "https",
+                database="default",
+                connect_timeout=10,
+                send_receive_timeout=30,
+            )
+            self._client.command(f"CREATE DATABASE IF NOT EXISTS {_ident(database)}")
+            self._client.database = database
+        except Exception as exc:
+            raise MetricsBackendError(f"cannot reach ClickHouse at {parsed.hostname}:{parsed.port}: {exc}") from exc
+
+    def command(self, sql: str) -> None:
+        try:
+            self._client.command(sql)
+        except Exception as exc:
+            raise MetricsBackendError(f"metrics query failed: {exc}") from exc
+
+    def insert_json_rows(self, table: str, payload: bytes) -> None:
+        try:
+            self._client.raw_insert(table, insert_block=payload, fmt="JSONEachRow")
+        except Exception as exc:
+            raise MetricsBackendError(f"metrics insert failed: {exc}") from exc
+
+    def query_rows(self, sql: str) -> list[dict]:
+        try:
+            out = self._client.raw_query(sql, fmt="JSONEachRow")
+        except Exception as exc:
+            raise MetricsBackendError(f"metrics query failed: {exc}") from exc
+        return [json.loads(line) for line in out.splitlines() if line]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class MetricsStore:
+    """Schema, inserts and the usage report over any :class:`Backend`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
+        backend.command(_SCHEMA)
+
+    async def insert(self, rows: list[RequestRecord]) -> None:
+        if not rows:
+            return
+        payload = b"\n".join(_encode(r) for r in rows)
+        async with self._lock:
+            await asyncio.to_thread(self._backend.insert_json_rows, TABLE, payload)
+
+    async def usage(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        project_id: str | None = None,
+    ) -> UsageReport:
+        where = _where(since, until, project_id)
+        sql = f"""
+            SELECT model,
+                   count() AS requests,
+                   countIf(status >= 400) AS errors,
+                   sum(prompt_tokens) AS prompt_tokens,
+                   sum(completion_tokens) AS completion_tokens,
+                   quantileExactIf(0.5)(latency_ms, status < 400) AS latency_p50_ms,
+                   quantileExactIf(0.95)(latency_ms, status < 400) AS latency_p95_ms,
+                   quantileExactIf(0.5)(ttft_ms, status < 400 AND ttft_ms IS NOT NULL) AS ttft_p50_ms,
+                   quantileExactIf(0.95)(ttft_ms, status < 400 AND ttft_ms IS NOT NULL) AS ttft_p95_ms,
+                   countIf(status < 400) AS ok,
+                   countIf(status < 400 AND ttft_ms IS NOT NULL) AS ok_ttft
+            FROM {TABLE} {where}
+            GROUP BY model ORDER BY model"""
+        async with self._lock:
+            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        models = [
+            ModelUsage(
+                model=r["model"],
+                requests=int(r["requests"]),
+                errors=int(r["errors"]),
+                prompt_tokens=int(r["prompt_tokens"]),
+                completion_tokens=int(r["completion_tokens"]),
+                # quantile over zero rows is 0/nan in ClickHouse: report "no data" as null
+                latency_p50_ms=_num(r["latency_p50_ms"]) if int(r["ok"]) else None,
+                latency_p95_ms=_num(r["latency_p95_ms"]) if int(r["ok"]) else None,
+                ttft_p50_ms=_num(r["ttft_p50_ms"]) if int(r["ok_ttft"]) else None,
+                ttft_p95_ms=_num(r["ttft_p95_ms"]) if int(r["ok_ttft"]) else None,
+            )
+            for r in rows
+        ]
+        return UsageReport(
+            requests=sum(m.requests for m in models),
+            errors=sum(m.errors for m in models),
+            prompt_tokens=sum(m.prompt_tokens for m in models),
+            completion_tokens=sum(m.completion_tokens for m in models),
+            models=models,
+        )
+
+    async def count(self) -> int:
+        async with self._lock:
+            rows = await asyncio.to_thread(self._backend.query_rows, f"SELECT count() AS n FROM {TABLE}")
+        return int(rows[0]["n"])
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._backend.close)
+
+
+def open_backend(*, backend: str, path: str | None = None, url: str | None = None) -> Backend:
+    if backend == "embedded":
+        if not path:
+            raise ValueError("metrics.path is required for the embedded backend")
+        return ChdbBackend(path)
+    if backend == "clickhouse":
+        if not url:
+            raise ValueError('metrics.url is required when metrics.backend = "clickhouse"')
+        return ClickHouseHTTPBackend(url)
+    raise ValueError(f"unknown metrics backend {backend!r}; valid: embedded, clickhouse")
+
+
+def _encode(r: RequestRecord) -> bytes:
+    d = r.as_dict()
+    d["ts"] = _ts(r.ts)
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def _ts(dt: datetime) -> str:
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _where(since: datetime | None, until: datetime | None, project_id: str | None) -> str:
+    clauses = []
+    if since is not None:
+        clauses.append(f"ts >= toDateTime64('{_ts(since)}', 3, 'UTC')")
+    if until is not None:
+        clauses.append(f"ts < toDateTime64('{_ts(until)}', 3, 'UTC')")
+    if project_id is not None:
+        clauses.append(f"project_id = {_quote(project_id)}")
+    return ("WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"invalid ClickHouse database name {name!r}")
+    return name
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return None if f != f else round(f, 3)
+
+
+class ChdbStore(MetricsStore):
+    """The embedded store: ``MetricsStore(ChdbBackend(path))``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(ChdbBackend(path))

@@ -1,0 +1,92 @@
+"""Ray Serve deployments that host engines: one Serve application per configured runtime.
+
+The gateway reaches them through deployment handles (``serve.providers.local``); they have no
+HTTP route of their own unless one is asked for (the gateway-hop benchmark does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ray import serve
+from ray.serve.deployment import Application
+
+from serve.config import RuntimeConfig
+from serve.runtimes.engine import EmbeddingResult, GenerateRequest, TokenDelta
+
+TEXT_DEPLOYMENT = "TextRuntime"
+EMBED_DEPLOYMENT = "EmbeddingRuntime"
+
+
+class TextRuntime:
+    """Hosts a :class:`~serve.runtimes.engine.TextEngine` (the CPU engine for now)."""
+
+    def __init__(self, name: str, config: RuntimeConfig, home: str) -> None:
+        from serve.runtimes.cpu import CPUEngine
+        from serve.runtimes.tiny import resolve_model
+
+        self.engine = CPUEngine(
+            resolve_model(config.model, Path(home)),
+            model_name=name,
+            max_num_seqs=config.max_num_seqs,
+            max_model_len=config.max_model_len,
+            torch_threads=config.torch_threads,
+            dtype=config.dtype,
+        )
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        prompt = request.prompt if request.messages is None else self.engine.render_chat(request.messages)
+        async for delta in self.engine.generate(prompt, request.params, request.request_id):
+            yield delta
+
+    async def __call__(self, http_request) -> dict:
+        """Plain HTTP access (only when deployed with a route prefix): {"prompt", "max_tokens"}."""
+        from serve.runtimes.engine import SamplingParams
+
+        body = await http_request.json()
+        params = SamplingParams(max_tokens=int(body.get("max_tokens", 16)), temperature=float(body.get("temperature", 0)))
+        text, last = [], None
+        async for delta in self.engine.generate(str(body["prompt"]), params, "direct"):
+            text.append(delta.text)
+            last = delta
+        return {"text": "".join(text), "completion_tokens": last.completion_tokens if last else 0}
+
+    async def __del__(self) -> None:
+        await self.engine.close()
+
+
+class EmbeddingRuntime:
+    """Hosts an :class:`~serve.runtimes.engine.EmbeddingEngine`."""
+
+    def __init__(self, name: str, config: RuntimeConfig, home: str) -> None:
+        from serve.runtimes.embeddings import SentenceEmbedder
+        from serve.runtimes.tiny import resolve_model
+
+        self.engine = SentenceEmbedder(resolve_model(config.model, Path(home)), model_name=name)
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        return await self.engine.embed(texts)
+
+    async def __del__(self) -> None:
+        await self.engine.close()
+
+
+def deployment_name(config: RuntimeConfig) -> str:
+    return TEXT_DEPLOYMENT if config.task == "generate" else EMBED_DEPLOYMENT
+
+
+def build_runtime(name: str, config: RuntimeConfig, home: Path) -> Application:
+    cls = TextRuntime if config.task == "generate" else EmbeddingRuntime
+    per_replica = config.max_num_seqs * 4 if config.task == "generate" else 64
+    deployment = serve.deployment(
+        cls,
+        name=deployment_name(config),
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.num_cpus},
+        max_ongoing_requests=per_replica,
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=120,
+        health_check_period_s=10,
+    )
+    return deployment.bind(name, config, str(home))

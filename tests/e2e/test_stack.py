@@ -1,0 +1,232 @@
+"""The stack as users meet it: `foundry up`, the official openai SDK, the CLI, the usage report.
+
+Every inference request made here (successful or not) is counted in ``SENT``; the usage report
+must end up reporting exactly that many. The last test stops the stack with SIGTERM right after
+a burst of requests and starts it again on the same FOUNDRY_HOME: nothing recorded is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from e2e_support import ADMIN_KEY, start_stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+SENT = {"n": 0}
+
+
+def sent(k: int = 1) -> None:
+    SENT["n"] += k
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=120)
+
+
+def test_models_lists_both_runtimes(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"foundry-tiny", "all-minilm-l6-v2"} <= ids
+
+
+def test_chat_completion(client):
+    sent()
+    r = client.chat.completions.create(
+        model="foundry-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=12, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0
+    assert 0 < r.usage.completion_tokens <= 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_is_deterministic_at_temperature_zero(client):
+    sent(2)
+    kwargs = dict(model="foundry-tiny", messages=[{"role": "user", "content": "Same"}], max_tokens=10, temperature=0)
+    a = client.chat.completions.create(**kwargs).choices[0].message.content
+    b = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert a == b
+
+
+def test_chat_stream_with_usage(client):
+    sent()
+    stream = client.chat.completions.create(
+        model="foundry-tiny",
+        messages=[{"role": "user", "content": "Stream please"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens == 8 or finishes[-1] == "stop"
+    assert last.usage.prompt_tokens > 0
+
+
+def test_stream_text_equals_non_stream_text(client):
+    sent(2)
+    kwargs = dict(model="foundry-tiny", messages=[{"role": "user", "content": "Compare"}], max_tokens=10, temperature=0)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(
+        c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs) if c.choices
+    )
+    assert streamed == full
+
+
+def test_completions(client):
+    sent(2)
+    r = client.completions.create(model="foundry-tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+    assert r.object == "text_completion"
+    assert r.usage.completion_tokens <= 6
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="foundry-tiny", prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+        )
+    )
+    assert text == r.choices[0].text
+
+
+def test_embeddings(client):
+    sent(3)
+    one = client.embeddings.create(model="all-minilm-l6-v2", input="a cat sits on the mat")  # SDK asks for base64
+    assert len(one.data[0].embedding) == 384
+    floats = client.embeddings.create(
+        model="all-minilm-l6-v2", input=["a cat sits on the mat", "stock markets fell"], encoding_format="float"
+    )
+    assert [d.index for d in floats.data] == [0, 1]
+    assert floats.data[0].embedding == pytest.approx(one.data[0].embedding, abs=1e-5)
+    norm = sum(x * x for x in floats.data[1].embedding) ** 0.5
+    assert norm == pytest.approx(1.0, abs=1e-4)
+    assert floats.usage.prompt_tokens > one.usage.prompt_tokens
+    similar = client.embeddings.create(
+        model="all-minilm-l6-v2", input=["a kitten rests on a rug"], encoding_format="float"
+    ).data[0].embedding
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    assert dot(similar, floats.data[0].embedding) > dot(similar, floats.data[1].embedding)
+
+
+def test_async_client_concurrent_streams(stack):
+    async def run() -> list[str]:
+        aclient = openai.AsyncOpenAI(base_url=stack.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=120)
+
+        async def one(i: int) -> str:
+            stream = await aclient.chat.completions.create(
+                model="foundry-tiny",
+                messages=[{"role": "user", "content": f"Concurrent {i % 2}"}],
+                max_tokens=8,
+                temperature=0,
+                stream=True,
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(8)))
+        finally:
+            await aclient.close()
+
+    sent(8)
+    texts = asyncio.run(run())
+    assert texts[0::2] == [texts[0]] * 4  # same prompt, greedy: same text, batched or not
+    assert texts[1::2] == [texts[1]] * 4
+
+
+def test_errors_have_the_openai_shape(stack, client):
+    bad = openai.OpenAI(base_url=stack.base_url, api_key="sk-fnd-wrong", max_retries=0)
+    sent()
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 401
+    sent()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    sent()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "x"}], max_tokens=-1)
+    assert e.value.param == "max_tokens"
+    sent()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="foundry-tiny", messages=[])
+    assert e.value.param == "messages"
+    sent()
+    r = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error"
+
+
+def test_cli_keys_lifecycle(stack):
+    created = json.loads(stack.cli("keys", "create", "--project", "e2e", "--models", "foundry-tiny", "--json").stdout)
+    key = created["key"]
+    user = openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0)
+    sent()
+    r = user.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices
+    sent()
+    with pytest.raises(openai.PermissionDeniedError):
+        user.embeddings.create(model="all-minilm-l6-v2", input="not allowed")
+
+    listed = stack.cli("keys", "list", "--json").stdout
+    assert key not in listed
+    assert created["prefix"] in listed
+
+    stack.cli("keys", "revoke", created["id"])
+    deadline = time.monotonic() + 30
+    while True:
+        sent()
+        try:
+            user.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() < deadline, "a revoked key still works after 30 s"
+        time.sleep(0.5)
+
+
+def _usage_requests(stack) -> tuple[int, int]:
+    cli = json.loads(stack.cli("usage", "--json").stdout)["requests"]
+    api = httpx.get(f"{stack.api_url}/usage", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    return cli, api.json()["requests"]
+
+
+def test_usage_counts_every_request(stack):
+    deadline = time.monotonic() + 30
+    while _usage_requests(stack) != (SENT["n"], SENT["n"]):
+        assert time.monotonic() < deadline, f"usage {_usage_requests(stack)} != {SENT['n']} requests sent"
+        time.sleep(0.5)
+    report = json.loads(stack.cli("usage", "--json").stdout)
+    tiny = next(m for m in report["models"] if m["model"] == "foundry-tiny")
+    assert tiny["latency_p50_ms"] > 0 and tiny["ttft_p95_ms"] >= tiny["ttft_p50_ms"] > 0
+    assert tiny["completion_tokens"] > 0
+
+
+def test_shutdown_loses_no_record(stack, client):
+    """SIGTERM right after a burst: in-flight requests finish, buffered rows are flushed."""
+    for _ in range(5):
+        sent()
+        client.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "x"}], max_tokens=3)
+    assert stack.stop() == 0
+    again = start_stack(stack.home, stack.port)
+    try:
+        assert _usage_requests(again) == (SENT["n"], SENT["n"])
+    finally:
+        assert again.stop() == 0

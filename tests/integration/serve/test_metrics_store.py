@@ -1,0 +1,107 @@
+"""The metrics store on the real ClickHouse engine (chdb), and the batching recorder."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from serve.metrics import ChdbStore, MetricsBackendError, MetricsRecorder, RequestRecord
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def rec(i: int, **kw) -> RequestRecord:
+    base = dict(
+        request_id=f"r{i}",
+        ts=NOW + timedelta(seconds=i),
+        endpoint="chat.completions",
+        model="m",
+        status=200,
+        project_id="p1",
+        prompt_tokens=10,
+        completion_tokens=5,
+        ttft_ms=float(i),
+        latency_ms=float(10 * i),
+    )
+    return RequestRecord(**{**base, **kw})
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = ChdbStore(str(tmp_path / "metrics"))
+    yield s
+    await s.close()
+
+
+async def test_usage_report(store):
+    rows = [rec(i) for i in range(1, 101)]
+    rows += [rec(200 + i, status=401, error_type="invalid_request_error", ttft_ms=None, prompt_tokens=0, completion_tokens=0) for i in range(3)]
+    rows += [rec(300, model="e", endpoint="embeddings", ttft_ms=None, completion_tokens=0)]
+    await store.insert(rows)
+    report = await store.usage()
+    assert report.requests == 104 and report.errors == 3
+    m = next(x for x in report.models if x.model == "m")
+    assert (m.requests, m.errors, m.prompt_tokens, m.completion_tokens) == (103, 3, 1000, 500)
+    assert m.latency_p50_ms == pytest.approx(505, abs=10)  # errors excluded from latency
+    assert m.latency_p95_ms == pytest.approx(950, abs=10)
+    assert m.ttft_p50_ms == pytest.approx(50.5, abs=1)
+    e = next(x for x in report.models if x.model == "e")
+    assert e.ttft_p50_ms is None and e.latency_p50_ms == 3000
+
+
+async def test_usage_filters(store):
+    await store.insert([rec(i) for i in range(10)] + [rec(100 + i, project_id="p2") for i in range(4)])
+    assert (await store.usage(project_id="p2")).requests == 4
+    assert (await store.usage(project_id="p'); DROP TABLE requests; --")).requests == 0
+    assert (await store.usage(since=NOW + timedelta(seconds=5), until=NOW + timedelta(seconds=8))).requests == 3
+    assert await store.count() == 14
+
+
+async def test_data_survives_reopen(tmp_path):
+    path = str(tmp_path / "metrics")
+    s = ChdbStore(path)
+    await s.insert([rec(i) for i in range(7)])
+    await s.close()
+    s = ChdbStore(path)
+    assert await s.count() == 7
+    await s.close()
+
+
+class FlakySink:
+    """A sink speaking the MetricsClient protocol that fails the first ``failures`` inserts."""
+
+    def __init__(self, store, failures: int = 0) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
+
+    async def insert(self, rows):
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise MetricsBackendError("store unavailable")
+        await self.store.insert(rows)
+
+
+async def test_recorder_batches_and_flushes_on_close(store):
+    sink = FlakySink(store)
+    recorder = MetricsRecorder(sink, interval_s=30, max_rows=1000)
+    for i in range(250):
+        recorder.record(rec(i))
+    assert sink.calls == 0  # nothing written on the request path
+    await recorder.close()
+    assert await store.count() == 250
+    assert sink.calls == 1
+
+
+async def test_recorder_flushes_when_batch_is_full_and_retries_failures(store):
+    sink = FlakySink(store, failures=2)
+    recorder = MetricsRecorder(sink, interval_s=0.05, max_rows=10)
+    for i in range(35):
+        recorder.record(rec(i))
+    deadline = asyncio.get_running_loop().time() + 10
+    while await store.count() < 35:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    await recorder.close()
+    assert await store.count() == 35  # failed batches were kept and written later, once

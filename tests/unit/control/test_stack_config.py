@@ -1,0 +1,68 @@
+"""The stack's TOML config: the default loads, mistakes fail at load time naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from control.config import ConfigError, default_config, default_config_text, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def parse(text: str):
+    return parse_config(text, source="test.toml", base_dir=Path("/cfg"))
+
+
+def test_default_config_serves_two_models():
+    cfg = default_config()
+    assert set(cfg.models) == {"foundry-tiny", "all-minilm-l6-v2"}
+    assert cfg.runtimes["foundry-tiny"].task == "generate"
+    assert cfg.runtimes["all-minilm-l6-v2"].task == "embed"
+    assert cfg.server.port == 8000
+    assert cfg.metrics.backend == "embedded"
+
+
+def test_default_text_is_documented():
+    text = default_config_text()
+    assert text.count("#") > 10  # every section explains itself
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cluster_configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[server]\nprot = 1\n", "server.prot: unknown key"),
+        ('[runtimes.a]\nmodel = "x"\nreplicas = "many"\n', "runtimes.a.replicas"),
+        ('[models.m.providers.p]\ntype = "nope"\n', "models.m.providers.p.type: unknown provider type 'nope'"),
+        ('[models.m.providers.p]\nfoo = 1\n', "models.m.providers.p: missing key 'type'"),
+        (
+            '[runtimes.m]\nmodel = "x"\n[models.m.providers.p]\ntype = "local"\ncolour = 1\n',
+            "models.m.providers.p.colour: unknown key",
+        ),
+        ('[models.m.providers.p]\ntype = "local"\n', "no [runtimes.'m'] table"),
+        ("[server\n", "invalid TOML"),
+        ('[metrics]\nbackend = "mongo"\n', "metrics.backend"),
+    ],
+)
+def test_errors_name_the_file_and_key(text, expected):
+    with pytest.raises(ConfigError) as exc:
+        parse(text)
+    assert str(exc.value).startswith("test.toml: ")
+    assert expected in str(exc.value)
+
+
+def test_relative_model_paths_resolve_against_the_config_file():
+    cfg = parse('[runtimes.m]\nmodel = "weights/llama"\n[runtimes.b]\nmodel = "builtin:foundry-tiny"\n')
+    assert cfg.runtimes["m"].model == "/cfg/weights/llama"
+    assert cfg.runtimes["b"].model == "builtin:foundry-tiny"
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")

@@ -1,0 +1,75 @@
+"""Request validation: every bad input is a 400 naming the parameter, never a crash."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from serve.gateway.errors import InvalidRequest
+from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_body
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def body(**kw) -> bytes:
+    return orjson.dumps({"model": "m", **kw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (body(messages=[]), "messages"),
+        (body(messages=MSG, max_tokens=-1), "max_tokens"),
+        (body(messages=MSG, max_tokens=0), "max_tokens"),
+        (body(messages=MSG, temperature=3), "temperature"),
+        (body(messages=MSG, top_p=0), "top_p"),
+        (body(messages=MSG, n=2), "n"),
+        (body(messages=MSG, stop=["a", "b", "c", "d", "e"]), "stop"),
+        (body(messages=[{"role": "wizard", "content": "x"}]), "messages"),
+        (orjson.dumps({"messages": MSG}), "model"),
+        (b"{not json", None),
+        (b"[1, 2]", None),
+    ],
+)
+def test_invalid_chat_requests(raw, param):
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(raw, ChatCompletionRequest)
+    assert exc.value.status_code == 400
+    assert exc.value.param == param
+    assert exc.value.message
+
+
+def test_chat_defaults_and_unknown_fields_are_ignored():
+    req = parse_body(body(messages=MSG, user="u-1", logit_bias={}, stop="END"), ChatCompletionRequest)
+    assert req.token_limit == 256
+    assert req.stop_tuple == ("END",)
+    assert not req.include_usage
+
+
+def test_max_completion_tokens_wins():
+    req = parse_body(body(messages=MSG, max_tokens=9, max_completion_tokens=5), ChatCompletionRequest)
+    assert req.token_limit == 5
+
+
+def test_text_content_parts_are_joined():
+    req = parse_body(
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]),
+        ChatCompletionRequest,
+    )
+    assert req.messages[0].text() == "ab"
+
+
+def test_completion_prompt_forms():
+    assert parse_body(body(prompt="x"), CompletionRequest).prompt_text == "x"
+    assert parse_body(body(prompt=["y"]), CompletionRequest).prompt_text == "y"
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(body(prompt=["a", "b"]), CompletionRequest)
+    assert exc.value.param == "prompt"
+
+
+def test_embedding_inputs():
+    assert parse_body(body(input="x"), EmbeddingRequest).texts == ["x"]
+    assert parse_body(body(input=["x", "y"], encoding_format="base64"), EmbeddingRequest).texts == ["x", "y"]
+    for bad in ({"input": ""}, {"input": []}, {"input": "x", "encoding_format": "hex"}):
+        with pytest.raises(InvalidRequest):
+            parse_body(body(**bad), EmbeddingRequest)

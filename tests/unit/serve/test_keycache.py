@@ -1,0 +1,124 @@
+"""The gateway's key cache: no query per request, new keys work at once, revocations follow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from serve.auth import ApiKeyInfo, hash_key, new_key
+from serve.gateway.errors import AuthenticationFailed
+from serve.gateway.keycache import KeyCache
+
+
+class MemoryKeySource:
+    """An in-memory KeySource: the protocol, with counters."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKeyInfo] = {}
+        self.version = 0
+        self.loads = 0
+        self.fingerprints = 0
+
+    def add(self, secret: str, **kw) -> None:
+        self.keys[hash_key(secret)] = ApiKeyInfo(key_id=secret[-4:], project_id="p", project="proj", **kw)
+        self.version += 1
+
+    def revoke(self, secret: str) -> None:
+        del self.keys[hash_key(secret)]
+        self.version += 1
+
+    async def fingerprint(self) -> str:
+        self.fingerprints += 1
+        await asyncio.sleep(0.01)
+        return str(self.version)
+
+    async def load_active(self) -> dict[str, ApiKeyInfo]:
+        self.loads += 1
+        return dict(self.keys)
+
+    async def close(self) -> None:
+        pass
+
+
+async def wait_until(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def test_known_key_costs_no_query():
+    src = MemoryKeySource()
+    k = new_key()
+    src.add(k)
+    cache = KeyCache(src, refresh_s=60)
+    await cache.start()
+    before = (src.fingerprints, src.loads)
+    for _ in range(100):
+        assert (await cache.authenticate(f"Bearer {k}")).project == "proj"
+    assert (src.fingerprints, src.loads) == before
+    await cache.close()
+
+
+async def test_new_key_works_on_first_request_and_bad_keys_share_refreshes():
+    src = MemoryKeySource()
+    cache = KeyCache(src, refresh_s=60)
+    await cache.start()
+    k = new_key()
+    src.add(k)
+    assert (await cache.authenticate(f"Bearer {k}")).key_id == k[-4:]
+    before = src.fingerprints
+    results = await asyncio.gather(*(cache.authenticate("Bearer sk-fnd-bad") for _ in range(50)), return_exceptions=True)
+    assert all(isinstance(r, AuthenticationFailed) for r in results)
+    assert src.fingerprints - before <= 2  # 50 concurrent misses, shared refreshes
+    await cache.close()
+
+
+async def test_revocation_is_picked_up_by_the_poller():
+    src = MemoryKeySource()
+    k = new_key()
+    src.add(k)
+    cache = KeyCache(src, refresh_s=0.05)
+    await cache.start()
+    await cache.authenticate(f"Bearer {k}")
+    src.revoke(k)
+
+    async def revoked() -> bool:
+        try:
+            await cache.authenticate(f"Bearer {k}")
+            return False
+        except AuthenticationFailed:
+            return True
+
+    deadline = time.monotonic() + 5
+    while not await revoked():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await cache.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [(None, "missing_api_key"), ("", "missing_api_key"), ("Basic abc", "invalid_api_key"), ("Bearer ", "invalid_api_key")],
+)
+async def test_malformed_headers(header, code):
+    cache = KeyCache(MemoryKeySource(), refresh_s=60)
+    await cache.start()
+    with pytest.raises(AuthenticationFailed) as exc:
+        await cache.authenticate(header)
+    assert exc.value.code == code and exc.value.status_code == 401
+    await cache.close()
+
+
+async def test_expired_key():
+    src = MemoryKeySource()
+    k = new_key()
+    src.add(k, expires_at=time.time() - 1)
+    cache = KeyCache(src, refresh_s=60)
+    await cache.start()
+    with pytest.raises(AuthenticationFailed) as exc:
+        await cache.authenticate(f"Bearer {k}")
+    assert exc.value.code == "expired_api_key"
+    await cache.close()
