@@ -10,7 +10,9 @@ from serve.metrics.actor import MetricsClient
 
 
 def build_control(*, database_url: str, metrics: MetricsClient, num_cpus: float) -> Application:
-    app = create_app(database_url=database_url, usage=metrics)
+    # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
+    def app():
+        return create_app(database_url=database_url, usage=metrics)
 
     @serve.deployment(
         name="ControlAPI",

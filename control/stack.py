@@ -26,7 +26,7 @@ import ray
 from ray import serve
 
 from control.config import FoundryConfig
-from control.db import migrate, normalize_url
+from control.db import migrate
 from control.deployment import build_control
 from control.keys import DatabaseKeySource, bootstrap_admin
 from serve.gateway.app import build_gateway
@@ -69,7 +69,7 @@ class Stack:
 
     def start(self) -> StackInfo:
         self.home.mkdir(parents=True, exist_ok=True)
-        db_url = normalize_url(self.database_url)
+        db_url = self.database_url
         asyncio.run(migrate(db_url))
         admin_key = asyncio.run(bootstrap_admin(db_url, os.environ.get("FOUNDRY_ADMIN_KEY") or None))
         if any(rt.model == "builtin:foundry-tiny" for rt in self.config.runtimes.values()):

@@ -93,7 +93,7 @@ def up(
 
 
 def _print_banner(info, elapsed_s: float) -> None:
-    out = Console()
+    out = Console(soft_wrap=True)
     key_hint = "$FOUNDRY_ADMIN_KEY"
     out.print(f"\n[bold green]Foundry is up[/bold green] in {elapsed_s:.0f} s"
               f" ({'local Ray cluster' if info.started_ray else 'joined Ray cluster'})\n", highlight=False)

@@ -101,14 +101,16 @@ def build_gateway(
     settings: GatewayConfig,
     metrics_settings: MetricsConfig,
 ) -> Application:
-    app = create_app(
-        models=models,
-        runtime_deployments=runtime_deployments,
-        key_source=key_source,
-        metrics=metrics,
-        settings=settings,
-        metrics_settings=metrics_settings,
-    )
+    # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
+    def app() -> FastAPI:
+        return create_app(
+            models=models,
+            runtime_deployments=runtime_deployments,
+            key_source=key_source,
+            metrics=metrics,
+            settings=settings,
+            metrics_settings=metrics_settings,
+        )
 
     @serve.deployment(
         name="Gateway",
