@@ -83,6 +83,9 @@ def up(
             stack.stop()
         finally:
             raise typer.Exit(1) from None
+    # ray.init installs its own SIGTERM handler (which aborts the process); take it back.
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     _print_banner(info, time.monotonic() - t0)
 
     while not stop.wait(0.5):
