@@ -14,7 +14,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from serve.config import PROVIDER_TYPES, GatewayConfig, LocalProvider, MetricsConfig, ModelConfig, RuntimeConfig
+from serve.config import (
+    PROVIDER_TYPES,
+    GatewayConfig,
+    LimitsConfig,
+    LocalProvider,
+    MetricsConfig,
+    ModelConfig,
+    RuntimeConfig,
+)
 
 
 class ConfigError(Exception):
@@ -44,12 +52,19 @@ class FoundryConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     gateway: GatewayConfig = GatewayConfig()
     control: ControlConfig = ControlConfig()
+    limits: LimitsConfig = LimitsConfig()
     runtimes: dict[str, RuntimeConfig] = {}
     models: dict[str, ModelConfig] = {}
 
     @model_validator(mode="after")
     def _check_references(self) -> FoundryConfig:
         for model_name, model in self.models.items():
+            for fallback in model.fallback_models:
+                if fallback not in self.models:
+                    raise ValueError(
+                        f"models.{model_name}.fallback_models names {fallback!r}, but there is no "
+                        f"[models.{fallback!r}] table"
+                    )
             for provider_name, provider in model.providers.items():
                 if isinstance(provider, LocalProvider):
                     runtime = provider.runtime or model_name

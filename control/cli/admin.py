@@ -1,0 +1,287 @@
+"""``foundry keys``, ``foundry projects`` and ``foundry usage``: the control API from a shell.
+
+Each command is one HTTP call to the control API of a running stack (``--api``, default
+``http://127.0.0.1:8000/api`` or ``$FOUNDRY_API``) with an admin key (``--api-key``, or
+``$FOUNDRY_API_KEY``, or ``$FOUNDRY_ADMIN_KEY``). ``--json`` prints the API's JSON for scripts;
+without it the output is for people. Failures print one ``error: ...`` line on stderr and exit 1.
+
+Example::
+
+    export FOUNDRY_ADMIN_KEY=sk-fnd-...
+    foundry keys create --project my-app --models foundry-tiny --rpm 60
+    foundry keys list --project my-app
+    foundry usage --since 2025-01-01T00:00:00
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_API = "http://127.0.0.1:8000/api"
+TIMEOUT_S = 15.0
+PIPED_WIDTH = 220
+
+ApiUrlOption = Annotated[
+    str, typer.Option("--api", envvar="FOUNDRY_API", help="URL of the control API.", show_default=True)
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar=["FOUNDRY_API_KEY", "FOUNDRY_ADMIN_KEY"],
+        help="An admin API key (default: $FOUNDRY_API_KEY, then $FOUNDRY_ADMIN_KEY).",
+        show_envvar=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    keys = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+    keys.command("create")(keys_create)
+    keys.command("list")(keys_list)
+    keys.command("revoke")(keys_revoke)
+    projects = typer.Typer(help="List and create projects.", no_args_is_help=True)
+    projects.command("list")(projects_list)
+    projects.command("create")(projects_create)
+    app.add_typer(keys, name="keys")
+    app.add_typer(projects, name="projects")
+    app.command("usage")(usage)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def keys_create(
+    project: Annotated[str, typer.Option("--project", help="Project name; created if missing.")],
+    name: Annotated[str | None, typer.Option("--name", help="A label for the key.")] = None,
+    models: Annotated[
+        str | None, typer.Option("--models", help="Comma-separated models the key may use (default: all).")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute (default: no limit).")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens per minute (default: no limit).")] = None,
+    expires_in_days: Annotated[
+        float | None, typer.Option("--expires-in-days", help="Expire the key after this many days.")
+    ] = None,
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Create an API key. Its secret is printed once: store it."""
+    body: dict[str, Any] = {"project": project}
+    if name is not None:
+        body["name"] = name
+    if models is not None:
+        body["models"] = [m.strip() for m in models.split(",") if m.strip()]
+        if not body["models"]:
+            _fail("--models names no model; leave it out for every model")
+    for field, value in (("rpm", rpm), ("tpm", tpm), ("expires_in_days", expires_in_days)):
+        if value is not None:
+            body[field] = value
+    created = _Client(api, api_key).call("POST", "/keys", json=body)
+    if as_json:
+        _print_json(created)
+        return
+    typer.echo(
+        f"created key {created['id']} in project {created['project']}: {created['key']}\n"
+        "store this secret now: it is not shown again"
+    )
+
+
+def keys_list(
+    project: Annotated[str | None, typer.Option("--project", help="Only this project's keys.")] = None,
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List API keys (their prefixes only; secrets are never stored)."""
+    params = {"project": project} if project is not None else None
+    keys = _Client(api, api_key).call("GET", "/keys", params=params)["data"]
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table(title=f"API keys{f' of {project}' if project else ''}")
+    for column in ("id", "project", "name", "prefix", "models", "rpm", "tpm", "expires", "status"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(
+            k["id"],
+            k["project"],
+            k["name"] or "",
+            k["prefix"] + "…",
+            ",".join(k["models"]) if k["models"] is not None else "all",
+            _limit(k["rpm"]),
+            _limit(k["tpm"]),
+            _when(k["expires_at"]) or "never",
+            _status(k),
+        )
+    _console().print(table)
+
+
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `foundry keys list` shows it.")],
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Revoke an API key. Gateways stop accepting it within seconds."""
+    key = _Client(api, api_key).call("DELETE", f"/keys/{key_id}")
+    if as_json:
+        _print_json(key)
+        return
+    typer.echo(f"revoked key {key['id']} ({key['prefix']}…) of project {key['project']}")
+
+
+def projects_list(as_json: JsonOption = False, api: ApiUrlOption = DEFAULT_API, api_key: ApiKeyOption = None) -> None:
+    """List projects."""
+    projects = _Client(api, api_key).call("GET", "/projects")["data"]
+    if as_json:
+        _print_json(projects)
+        return
+    table = Table(title="Projects")
+    for column in ("id", "name", "created"):
+        table.add_column(column, overflow="fold")
+    for p in projects:
+        table.add_row(p["id"], p["name"], _when(p["created_at"]))
+    _console().print(table)
+
+
+def projects_create(
+    name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_' and '-'.")],
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Create a project."""
+    project = _Client(api, api_key).call("POST", "/projects", json={"name": name})
+    if as_json:
+        _print_json(project)
+        return
+    typer.echo(f"created project {project['name']} ({project['id']})")
+
+
+def usage(
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 start (UTC if no zone).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 end, exclusive.")] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Only this project.")] = None,
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Requests, errors, tokens and latency per model, from the gateway's request log."""
+    params = {k: v for k, v in (("since", since), ("until", until), ("project", project)) if v is not None}
+    report = _Client(api, api_key).call("GET", "/usage", params=params or None)
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(
+        title="Usage",
+        caption=(
+            f"{report['requests']} requests, {report['errors']} errors, "
+            f"{report['prompt_tokens']} prompt + {report['completion_tokens']} completion tokens"
+        ),
+    )
+    for column in ("model", "requests", "errors", "prompt tok", "completion tok", "p50 ms", "p95 ms", "ttft p50", "ttft p95"):
+        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
+    for m in report["models"]:
+        table.add_row(
+            m["model"],
+            str(m["requests"]),
+            str(m["errors"]),
+            str(m["prompt_tokens"]),
+            str(m["completion_tokens"]),
+            *(_ms(m[f]) for f in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")),
+        )
+    _console().print(table)
+
+
+# --- the HTTP client -----------------------------------------------------------------------
+
+
+class _Client:
+    def __init__(self, api: str, api_key: str | None) -> None:
+        self.api = api.rstrip("/")
+        self.api_key = api_key
+
+    def call(self, method: str, path: str, *, json: dict | None = None, params: dict | None = None) -> Any:
+        if not self.api_key:
+            _fail("no API key: set FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY) or pass --api-key")
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        try:
+            with httpx.Client(timeout=TIMEOUT_S) as client:
+                response = client.request(method, self.api + path, json=json, params=params, headers=headers)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            _fail(f"invalid control API URL {self.api!r} (expected e.g. {DEFAULT_API})")
+        except httpx.TimeoutException:
+            _fail(f"the control API at {self.api} did not answer within {TIMEOUT_S:g}s")
+        except httpx.TransportError:
+            _fail(f"cannot reach the control API at {self.api} — is `foundry up` running?")
+        if response.status_code >= 400:
+            _fail(_describe_error(response))
+        try:
+            return response.json()
+        except ValueError:
+            _fail(f"{self.api} answered with something that is not JSON; is it a Foundry control API?")
+
+
+def _describe_error(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.reason_phrase or "request failed"
+    hint = {
+        401: " — check FOUNDRY_ADMIN_KEY or --api-key",
+        403: " — use an admin key",
+    }.get(response.status_code, "")
+    return f"{message} (HTTP {response.status_code}){hint}"
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _console() -> Console:
+    # Made per call, so it writes to whatever sys.stdout is now. Piped output has no terminal
+    # width: make it wide rather than cut ids short.
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=PIPED_WIDTH if piped else None)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _when(value: str | None) -> str:
+    if value is None:
+        return ""
+    return datetime.fromisoformat(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _status(key: dict) -> str:
+    if key["revoked_at"] is not None:
+        return "revoked"
+    expires = key["expires_at"]
+    if expires is not None and datetime.fromisoformat(expires) <= datetime.now(timezone.utc):
+        return "expired"
+    return "active"

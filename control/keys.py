@@ -1,0 +1,243 @@
+"""API keys: creating, listing and revoking them, and serving them to the gateway.
+
+Only :func:`serve.auth.hash_key` of a secret is stored. :func:`create_key` returns the secret
+once, in :class:`~control.schemas.KeyCreated`; nothing else ever sees it again.
+
+:class:`DatabaseKeySource` is the gateway's view of the table (:class:`serve.auth.KeySource`);
+:func:`bootstrap_admin` makes sure the stack starts with an admin key.
+
+Example::
+
+    async with sessions() as session:
+        created = await create_key(session, KeyCreate(project="my-app", rpm=60))
+        print(created.key)          # shown once
+        await revoke_key(session, created.id)
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import selectinload
+
+from control.db import create_engine, create_sessionmaker, parse_url
+from control.errors import AuthenticationFailed, BootstrapError, InvalidRequest, NotFound
+from control.models import ApiKey, Project, utcnow
+from control.projects import ensure_project, find_project
+from control.schemas import KeyCreate, KeyCreated, KeyPublic
+from serve.auth import ApiKeyInfo, display_prefix, hash_key, new_key
+
+ADMIN_PROJECT = "admin"
+DEFAULT_PROJECT = "default"
+
+
+async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
+    """A new key in project ``spec.project`` (created if missing). The result holds the secret."""
+    now = utcnow()
+    expires_at = spec.expires_at
+    if spec.expires_in_days is not None:
+        expires_at = now + timedelta(days=spec.expires_in_days)
+    elif expires_at is not None and expires_at <= now:
+        raise InvalidRequest("expires_at must be in the future", param="expires_at")
+    project = await ensure_project(session, spec.project)
+    secret = new_key()
+    key = ApiKey(
+        project=project,
+        name=spec.name,
+        prefix=display_prefix(secret),
+        key_hash=hash_key(secret),
+        is_admin=False,
+        models=spec.models,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(key)
+    await session.commit()
+    return KeyCreated(**public_key(key).model_dump(), key=secret)
+
+
+async def list_keys(session: AsyncSession, *, project: str | None = None) -> list[KeyPublic]:
+    """Every key, revoked ones included, oldest first; only of ``project`` (name or id) if given."""
+    query = select(ApiKey).options(selectinload(ApiKey.project)).order_by(ApiKey.created_at, ApiKey.id)
+    if project is not None:
+        query = query.where(ApiKey.project_id == (await find_project(session, project)).id)
+    return [public_key(k) for k in await session.scalars(query)]
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> KeyPublic:
+    """Revoke the key; revoking a revoked key changes nothing. :class:`NotFound` if unknown."""
+    key = await session.get(ApiKey, key_id, options=[selectinload(ApiKey.project)])
+    if key is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        key.updated_at = key.revoked_at
+        await session.commit()
+    return public_key(key)
+
+
+async def authenticate(session: AsyncSession, secret: str) -> ApiKey:
+    """The active key whose secret is ``secret``; :class:`AuthenticationFailed` otherwise."""
+    key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+    if key is None:
+        raise AuthenticationFailed("invalid API key")
+    if key.revoked_at is not None:
+        raise AuthenticationFailed("this API key has been revoked", code="revoked_api_key")
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        raise AuthenticationFailed("this API key has expired", code="expired_api_key")
+    return key
+
+
+def public_key(key: ApiKey) -> KeyPublic:
+    return KeyPublic(
+        id=key.id,
+        project_id=key.project_id,
+        project=key.project.name,
+        name=key.name,
+        prefix=key.prefix,
+        is_admin=key.is_admin,
+        models=key.models,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        created_at=key.created_at,
+        updated_at=key.updated_at,
+    )
+
+
+class DatabaseKeySource:
+    """:class:`serve.auth.KeySource` over the control database.
+
+    Built from a URL alone and picklable, so it can be sent to Ray Serve replicas: the engine is
+    created on first use, in the process and event loop that uses it, and is not pickled.
+
+    >>> source = DatabaseKeySource("sqlite:///var/foundry.db")
+    >>> # await source.fingerprint(); await source.load_active(); await source.close()
+    """
+
+    def __init__(self, database_url: str) -> None:
+        parse_url(database_url, is_async=True)  # a bad URL fails here, not in a replica
+        self._url = database_url
+        self._engine: AsyncEngine | None = None
+
+    def __getstate__(self) -> dict:
+        return {"database_url": self._url}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["database_url"])
+
+    def __repr__(self) -> str:
+        shown = parse_url(self._url, is_async=True).render_as_string(hide_password=True)
+        return f"DatabaseKeySource({shown!r})"
+
+    async def fingerprint(self) -> str:
+        """Changes when a key is created, revoked or updated: count, revoked count, last update."""
+        query = select(func.count(ApiKey.id), func.count(ApiKey.revoked_at), func.max(ApiKey.updated_at))
+        async with self._engine_().connect() as conn:
+            total, revoked, last = (await conn.execute(query)).one()
+        return f"{total}:{revoked}:{last.isoformat() if last is not None else '-'}"
+
+    async def load_active(self) -> dict[str, ApiKeyInfo]:
+        """Every key not revoked, by hash; expired ones too, with ``expires_at`` for the gateway."""
+        query = (
+            select(ApiKey, Project.name)
+            .join(Project, ApiKey.project_id == Project.id)
+            .where(ApiKey.revoked_at.is_(None))
+        )
+        async with AsyncSession(self._engine_()) as session:
+            rows = (await session.execute(query)).all()
+        return {key.key_hash: _info(key, project_name) for key, project_name in rows}
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    def _engine_(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self._url, pool_size=1)
+        return self._engine
+
+
+def _info(key: ApiKey, project_name: str) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        key_id=key.id,
+        project_id=key.project_id,
+        project=project_name,
+        is_admin=key.is_admin,
+        models=tuple(key.models) if key.models is not None else None,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        expires_at=key.expires_at.timestamp() if key.expires_at is not None else None,
+    )
+
+
+async def bootstrap_admin(url: str, admin_key: str | None) -> str | None:
+    """Make sure the "admin" and "default" projects and an active admin key exist.
+
+    - ``admin_key`` given (e.g. ``$FOUNDRY_ADMIN_KEY``): its hash is stored as an admin key
+      unless already there; returns None. :class:`BootstrapError` if that key was revoked.
+    - not given (None or empty) and no active admin key exists: a new key is generated, only its
+      hash stored, and the secret returned for the caller to show once.
+    - otherwise: returns None.
+
+    Run :func:`control.db.migrate` first.
+    """
+    engine = create_engine(url, serialize_writes=True, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            admin_project = await ensure_project(session, ADMIN_PROJECT)
+            await ensure_project(session, DEFAULT_PROJECT)
+            secret = admin_key.strip() if admin_key else None
+            if secret:
+                await _ensure_given_admin(session, admin_project, secret)
+                await session.commit()
+                return None
+            if await _has_active_admin(session):
+                await session.commit()
+                return None
+            secret = new_key()
+            session.add(_admin_key(admin_project, secret))
+            await session.commit()
+            return secret
+    finally:
+        await engine.dispose()
+
+
+async def _ensure_given_admin(session: AsyncSession, project: Project, secret: str) -> None:
+    existing = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+    if existing is None:
+        session.add(_admin_key(project, secret))
+    elif not existing.is_admin:
+        raise BootstrapError("the admin key given is already stored as a non-admin key; choose another")
+    elif existing.revoked_at is not None:
+        raise BootstrapError("the admin key given has been revoked; set a new FOUNDRY_ADMIN_KEY")
+
+
+async def _has_active_admin(session: AsyncSession) -> bool:
+    now = utcnow()
+    query = select(ApiKey.id).where(
+        ApiKey.is_admin.is_(True),
+        ApiKey.revoked_at.is_(None),
+        (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
+    )
+    return await session.scalar(query.limit(1)) is not None
+
+
+def _admin_key(project: Project, secret: str) -> ApiKey:
+    now = utcnow()
+    return ApiKey(
+        project=project,
+        name="admin",
+        prefix=display_prefix(secret),
+        key_hash=hash_key(secret),
+        is_admin=True,
+        created_at=now,
+        updated_at=now,
+    )

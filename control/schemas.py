@@ -1,0 +1,138 @@
+"""What the control API accepts and returns, kept apart from the tables in :mod:`control.models`.
+
+``*Create`` schemas are request bodies (unknown fields are errors); ``*Public`` schemas are
+responses and never carry a key hash. The secret of a key appears in exactly one schema,
+:class:`KeyCreated`, returned once by ``POST /keys``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from serve.metrics.records import UsageReport
+
+ProjectName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+    Field(description="letters, digits, '.', '_' and '-', starting with a letter or digit", examples=["my-app"]),
+]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive datetimes are read as UTC."""
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError("datetime is out of range") from exc
+
+
+UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL refuses NUL in text)
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=_PRINTABLE)]
+KeyName = Annotated[str, StringConstraints(max_length=100, pattern=_PRINTABLE)]
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+"""An id or a name in a URL: what ids and project names are made of."""
+Limit = Annotated[int, Field(gt=0, le=2**31 - 1)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ProjectCreate(_Request):
+    name: ProjectName
+
+
+class ProjectPublic(_Response):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class KeyCreate(_Request):
+    project: ProjectName = Field(default="default", description="project name; created if missing")
+    name: KeyName | None = None
+    models: Annotated[list[ModelName], Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="models this key may use; omit for every model"
+    )
+    rpm: Limit | None = Field(default=None, description="requests per minute; omit for no limit")
+    tpm: Limit | None = Field(default=None, description="tokens per minute; omit for no limit")
+    expires_at: UTCDatetime | None = Field(default=None, description="ISO 8601; naive times are UTC")
+    expires_in_days: Annotated[float, Field(gt=0, le=36500)] | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if self.expires_at is not None and self.expires_in_days is not None:
+            raise ValueError("give expires_at or expires_in_days, not both")
+        return self
+
+
+class KeyPublic(_Response):
+    id: str
+    project_id: str
+    project: str
+    name: str | None
+    prefix: str = Field(description="the first characters of the key, to recognise it")
+    is_admin: bool
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the secret; shown only in this response")
+
+
+class ModelUsagePublic(_Response):
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+
+
+class UsagePublic(_Response):
+    """A :class:`serve.metrics.records.UsageReport` as JSON."""
+
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    models: list[ModelUsagePublic]
+
+    @classmethod
+    def of(cls, report: UsageReport) -> UsagePublic:
+        return cls.model_validate(report)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the control API, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    database: str
