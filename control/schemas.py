@@ -100,6 +100,7 @@ class ModelUsagePublic(_Response):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     ttft_p50_ms: float | None
@@ -113,6 +114,7 @@ class UsagePublic(_Response):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float
     models: list[ModelUsagePublic]
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 KEY_PREFIX = "sk-fnd-"
 DISPLAY_PREFIX_LEN = 12
@@ -32,8 +32,35 @@ def display_prefix(secret: str) -> str:
     return secret[:DISPLAY_PREFIX_LEN]
 
 
+BudgetPeriod = Literal["day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimit:
+    """Requests and tokens per minute for one key on one model, on top of the key's own limits."""
+
+    model: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Tokens and/or US dollars a key or project may spend per calendar period (UTC)."""
+
+    tokens: int | None = None
+    usd: float | None = None
+    period: BudgetPeriod = "month"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKeyInfo:
+    """Everything the gateway needs to know about a key; the request path never asks the database.
+
+    Limits left at their defaults cost nothing: :attr:`limited` is false and the limiter makes
+    no round trip for the key.
+    """
+
     key_id: str
     project_id: str
     project: str
@@ -42,6 +69,26 @@ class ApiKeyInfo:
     rpm: int | None = None
     tpm: int | None = None
     expires_at: float | None = None  # unix seconds
+    model_limits: tuple[ModelLimit, ...] = ()  # at most one per model
+    budget: Budget | None = None  # the key's own budget
+    project_budget: Budget | None = None  # shared by every key of the project
+
+    @property
+    def limited(self) -> bool:
+        """Whether any rate limit or budget applies to this key."""
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or bool(self.model_limits)
+            or self.budget is not None
+            or self.project_budget is not None
+        )
+
+    def model_limit(self, model: str) -> ModelLimit | None:
+        for limit in self.model_limits:
+            if limit.model == model:
+                return limit
+        return None
 
 
 @runtime_checkable

@@ -20,13 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.deployment import Application
 
 from serve.auth import KeySource
-from serve.config import GatewayConfig, LocalProvider as LocalProviderConfig, MetricsConfig, ModelConfig
+from serve.config import GatewayConfig, MetricsConfig, ModelConfig
+from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import error_body
 from serve.gateway.keycache import KeyCache
+from serve.gateway.routing import ModelRoute, Router, Slot
 from serve.gateway.service import GatewayService, Reply
+from serve.gateway.telemetry import Telemetry
 from serve.metrics.actor import MetricsClient, MetricsRecorder
-from serve.providers.base import Provider
-from serve.providers.local import LocalProvider
+from serve.providers import build_provider
 
 JSON = "application/json"
 
@@ -45,21 +47,22 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        providers: dict[str, list[Provider]] = {
-            name: [_provider(name, pname, p, runtime_deployments) for pname, p in model.providers.items()]
-            for name, model in models.items()
-        }
+        routes = build_routes(models, runtime_deployments, settings)
         keys = KeyCache(key_source, refresh_s=settings.key_refresh_s)
         await keys.start()
         recorder = MetricsRecorder(
             metrics, interval_s=metrics_settings.flush_interval_ms / 1000, max_rows=metrics_settings.flush_max_rows
         )
-        app.state.gateway = GatewayService(providers=providers, keys=keys, recorder=recorder)
+        app.state.gateway = GatewayService(router=Router(routes), keys=keys, recorder=recorder, telemetry=Telemetry())
         try:
             yield
         finally:
             await recorder.close()  # nothing recorded is lost on shutdown
             await keys.close()
+            for route in routes.values():
+                for rank in route.ranks:
+                    for slot in rank:
+                        await slot.provider.close()
 
     app = FastAPI(title="Foundry gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -83,6 +86,11 @@ def create_app(
     async def embeddings(request: Request) -> Response:
         svc: GatewayService = request.app.state.gateway
         return _respond(await svc.embeddings(request.headers.get("authorization"), await request.body()))
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        svc: GatewayService = request.app.state.gateway
+        return _respond(svc.metrics())
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:
@@ -127,18 +135,31 @@ def build_gateway(
     return Gateway.bind()
 
 
-def _provider(model: str, name: str, cfg, runtime_deployments: dict[str, str]) -> Provider:
-    if isinstance(cfg, LocalProviderConfig):
-        runtime = cfg.runtime or model
-        return LocalProvider(runtime, runtime_deployments[runtime])
-    raise ValueError(f"models.{model}.providers.{name}: unsupported provider type {cfg.type!r}")
+def build_routes(
+    models: dict[str, ModelConfig], runtime_deployments: dict[str, str], settings: GatewayConfig
+) -> dict[str, ModelRoute]:
+    """Providers (one pooled client each), weights and breakers for every configured model."""
+    routes = {}
+    for model_name, model in models.items():
+        slots = {
+            pname: Slot(
+                model=model_name,
+                provider=build_provider(model_name, pname, p, runtime_deployments),
+                weight=p.weight,
+                breaker=CircuitBreaker(failure_threshold=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s),
+            )
+            for pname, p in model.providers.items()
+        }
+        ranks = [[slots[name] for name in rank] for rank in model.ranks()]
+        routes[model_name] = ModelRoute(name=model_name, ranks=ranks, config=model)
+    return routes
 
 
 def _respond(reply: Reply) -> Response:
-    headers = {"x-request-id": reply.request_id}
-    if reply.provider:
-        headers["x-foundry-provider"] = reply.provider
     if reply.stream is not None:
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(reply.stream, status_code=reply.status, media_type="text/event-stream", headers=headers)
-    return Response(reply.body, status_code=reply.status, media_type=JSON, headers=headers)
+        return StreamingResponse(
+            reply.stream, status_code=reply.status, media_type="text/event-stream",
+            headers={**reply.headers, "cache-control": "no-cache"},
+        )  # fmt: skip
+    media_type = reply.headers.pop("content-type", JSON)
+    return Response(reply.body, status_code=reply.status, media_type=media_type, headers=reply.headers)

@@ -5,13 +5,21 @@
     ├── AuthenticationFailed          401 invalid_request_error / invalid_api_key
     ├── PermissionDenied              403 permission_error      (model not allowed for the key)
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
+    ├── RateLimited                   429 requests|tokens / rate_limit_exceeded   (rpm, tpm)
+    ├── QuotaExceeded                 429 insufficient_quota / insufficient_quota (budgets)
+    ├── LimitsUnavailable             503 server_error / limits_unavailable       (limit store down)
     └── ProviderUnavailable           503 server_error          (no provider could answer)
+
+The two 429s carry ``retry_after_s`` and ``headers`` (``Retry-After``, ``retry-after-ms`` and
+the ``x-ratelimit-*`` family) that the response must send; see :mod:`serve.gateway.ratelimit`.
 
 Every error becomes ``{"error": {"message", "type", "param", "code"}}``; messages are written
 for users and never contain a traceback or a secret.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import orjson
 
@@ -21,12 +29,23 @@ class GatewayError(Exception):
     error_type = "server_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    retry_after_s: float | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after_s)))}
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.param, self.code)
@@ -57,6 +76,44 @@ class ModelNotFound(GatewayError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class RateLimited(GatewayError):
+    """Over a requests- or tokens-per-minute limit. ``error_type`` is ``"requests"`` or
+    ``"tokens"``, as OpenAI reports which limit was hit."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: float, headers: Mapping[str, str], error_type: str = "requests"
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class QuotaExceeded(GatewayError):
+    """A token or cost budget of the key or its project is used up for the current period."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after_s: float, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class LimitsUnavailable(GatewayError):
+    """The store of rate-limit and budget counters did not answer; limited keys are refused."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "limits_unavailable"
 
 
 class ProviderUnavailable(GatewayError):

@@ -1,8 +1,9 @@
 """The gateway's request handling, independent of the web framework.
 
-Each call authenticates the key from the cache, validates the body, routes the model to a
-provider, streams or collects the result, and leaves exactly one :class:`RequestRecord` with
-the recorder, whatever happened.
+Each call authenticates the key from the cache, validates the body, asks the router for a
+provider (with retries and fallbacks), streams or collects the result, and leaves exactly one
+:class:`RequestRecord` with the recorder and one observation in the Prometheus metrics,
+whatever happened.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from serve.auth import ApiKeyInfo
 from serve.gateway import wire
-from serve.gateway.errors import GatewayError, ModelNotFound, PermissionDenied
+from serve.gateway.errors import GatewayError, PermissionDenied
 from serve.gateway.keycache import KeyCache
+from serve.gateway.routing import Opened, Outcome, Router, as_gateway_error
 from serve.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -25,9 +27,10 @@ from serve.gateway.schemas import (
     model_name_hint,
     parse_body,
 )
+from serve.gateway.telemetry import Telemetry
 from serve.metrics.actor import MetricsRecorder
 from serve.metrics.records import RequestRecord
-from serve.providers.base import Provider
+from serve.providers.errors import ProviderError
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -38,21 +41,26 @@ class Reply:
     """What the web layer sends: a complete body, or a stream of SSE bytes."""
 
     status: int
-    request_id: str
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
-    provider: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class _Tracker:
-    """Timing and token counts of one request; becomes its metrics row."""
+    """Timing, tokens and routing outcome of one request; becomes its metrics row."""
 
-    __slots__ = ("rec", "t0")
+    __slots__ = ("rec", "t0", "outcome", "headers")
 
-    def __init__(self, endpoint: str, request_id: str) -> None:
+    def __init__(self, endpoint: str, request_id: str, raw: bytes | None) -> None:
         self.t0 = time.perf_counter()
+        self.outcome = Outcome()
+        self.headers = {"x-request-id": request_id}
         self.rec = RequestRecord(
-            request_id=request_id, ts=datetime.now(timezone.utc), endpoint=endpoint, model="", status=200
+            request_id=request_id,
+            ts=datetime.now(timezone.utc),
+            endpoint=endpoint,
+            model=model_name_hint(raw) if raw is not None else "",
+            status=200,
         )
 
     def key(self, info: ApiKeyInfo) -> None:
@@ -63,20 +71,32 @@ class _Tracker:
         if self.rec.ttft_ms is None:
             self.rec.ttft_ms = (time.perf_counter() - self.t0) * 1000
 
+    def tokens(self, prompt: int, completion: int) -> None:
+        self.rec.prompt_tokens, self.rec.completion_tokens = prompt, completion
+
+    def routed(self) -> None:
+        o = self.outcome
+        self.rec.provider = o.provider
+        self.rec.attempts = o.attempts
+        self.rec.fallback_used = o.fallback_used
+        if o.provider:
+            self.headers["x-foundry-provider"] = o.provider
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (time.perf_counter() - self.t0 - self.outcome.upstream_s) * 1000)
+
     def fail(self, err: GatewayError) -> None:
         self.rec.status = err.status_code
         self.rec.error_type = err.error_type
-
-    def finish(self) -> RequestRecord:
-        self.rec.latency_ms = (time.perf_counter() - self.t0) * 1000
-        return self.rec
+        self.headers.update(err.headers())
 
 
 class GatewayService:
-    def __init__(self, *, providers: dict[str, list[Provider]], keys: KeyCache, recorder: MetricsRecorder) -> None:
-        self._providers = providers
+    def __init__(self, *, router: Router, keys: KeyCache, recorder: MetricsRecorder, telemetry: Telemetry) -> None:
+        self._router = router
         self._keys = keys
         self._recorder = recorder
+        self._telemetry = telemetry
         self._created = int(time.time())
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -88,154 +108,172 @@ class GatewayService:
         return await self._generate("completions", authorization, raw, chat=False)
 
     async def embeddings(self, authorization: str | None, raw: bytes) -> Reply:
-        rid = "emb-" + uuid.uuid4().hex
-        track = _Tracker("embeddings", rid)
-        track.rec.model = model_name_hint(raw)
+        track = _Tracker("embeddings", "emb-" + uuid.uuid4().hex, raw)
         try:
             key = await self._keys.authenticate(authorization)
             track.key(key)
             body = parse_body(raw, EmbeddingRequest)
-            provider = self._route(body.model, key)
-            track.rec.provider = provider.name
-            result = await provider.embed(body.texts)
+            self._check_model(body.model, key)
+            _, result = await self._router.embed(body.model, body.texts, track.outcome)
+            track.routed()
             track.first_token()
-            track.rec.prompt_tokens = result.prompt_tokens
-            if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
+            track.tokens(result.prompt_tokens, 0)
+            dims = len(result.vectors[0])
+            if body.dimensions is not None and body.dimensions != dims:
                 raise GatewayError(
-                    f"This model returns {len(result.vectors[0])}-dimensional embeddings; "
-                    f"'dimensions' must be {len(result.vectors[0])} or omitted.",
+                    f"This model returns {dims}-dimensional embeddings; 'dimensions' must be {dims} or omitted.",
                     param="dimensions",
+                    code="invalid_dimensions",
                 )
             out = wire.embeddings(body.model, result.vectors, body.encoding_format, result.prompt_tokens)
-            return Reply(200, rid, body=out, provider=provider.name)
+            return self._reply(track, 200, out)
         except GatewayError as err:
             return self._error_reply(track, err)
         except Exception:
             return self._internal_error(track)
         finally:
-            self._recorder.record(track.finish())
+            self._finish(track)
 
     async def models(self, authorization: str | None) -> Reply:
-        rid = "req-" + uuid.uuid4().hex
         try:
             key = await self._keys.authenticate(authorization)
         except GatewayError as err:
-            return Reply(err.status_code, rid, body=err.body())
-        names = [m for m in self._providers if key.models is None or m in key.models]
-        return Reply(200, rid, body=wire.model_list(names, self._created))
+            return Reply(err.status_code, body=err.body(), headers=err.headers())
+        names = [m for m in self._router.routes if key.models is None or m in key.models]
+        return Reply(200, body=wire.model_list(names, self._created))
+
+    def metrics(self) -> Reply:
+        return Reply(200, body=self._telemetry.render(), headers={"content-type": self._telemetry.content_type})
 
     # --- generation ------------------------------------------------------------------------
 
     async def _generate(self, endpoint: str, authorization: str | None, raw: bytes, *, chat: bool) -> Reply:
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        track = _Tracker(endpoint, rid)
-        track.rec.model = model_name_hint(raw)
-        stream_started = False
-        deltas = None
+        track = _Tracker(endpoint, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, raw)
+        streaming = False
         try:
             key = await self._keys.authenticate(authorization)
             track.key(key)
             body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
-            provider = self._route(body.model, key)
-            track.rec.provider = provider.name
+            self._check_model(body.model, key)
             track.rec.streamed = bool(body.stream)
-            params = SamplingParams(
-                max_tokens=body.token_limit,
-                temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p,
-                seed=body.seed,
-                stop=body.stop_tuple,
-            )
-            if chat:
-                messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
-                request = GenerateRequest(request_id=rid, params=params, messages=messages)
-            else:
-                request = GenerateRequest(request_id=rid, params=params, prompt=body.prompt_text)
-            deltas = provider.generate(request)
-            # Wait for the first delta before answering, so errors found at admission
-            # (prompt too long, overload) still get a proper status code.
-            first = await anext(deltas)
-            track.first_token()
+            request = _generate_request(track.rec.request_id, body, chat)
             if body.stream:
+                opened = await self._router.open_stream(body.model, request, track.outcome)
+                track.routed()
+                track.first_token()
                 writer = wire.ChunkWriter(
-                    chat=chat, rid=rid, created=int(time.time()), model=body.model, include_usage=body.include_usage
-                )
-                stream_started = True
-                return Reply(200, rid, stream=self._stream(track, writer, first, deltas), provider=provider.name)
-            text = [first.text]
-            last = first
-            async for delta in deltas:
-                text.append(delta.text)
-                last = delta
-            track.rec.prompt_tokens, track.rec.completion_tokens = last.prompt_tokens, last.completion_tokens
+                    chat=chat, rid=track.rec.request_id, created=int(time.time()), model=body.model,
+                    include_usage=body.include_usage,
+                )  # fmt: skip
+                track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
+                streaming = True
+                return Reply(200, stream=self._stream(track, writer, opened), headers=track.headers)
+            _, deltas = await self._router.complete(body.model, request, track.outcome)
+            track.routed()
+            track.first_token()
+            last = deltas[-1]
+            track.tokens(last.prompt_tokens, last.completion_tokens)
             build = wire.chat_completion if chat else wire.text_completion
+            text = "".join(d.text for d in deltas)
             out = build(
-                rid, int(time.time()), body.model, "".join(text), last.finish_reason, last.prompt_tokens, last.completion_tokens
-            )
-            return Reply(200, rid, body=out, provider=provider.name)
+                track.rec.request_id, int(time.time()), body.model, text, last.finish_reason,
+                last.prompt_tokens, last.completion_tokens,
+            )  # fmt: skip
+            return self._reply(track, 200, out)
         except GatewayError as err:
+            track.routed()
             return self._error_reply(track, err)
-        except StopAsyncIteration:
-            return self._internal_error(track)
         except Exception:
             return self._internal_error(track)
         finally:
-            if not stream_started:
-                if deltas is not None:
-                    await deltas.aclose()
-                self._recorder.record(track.finish())
+            if not streaming:
+                self._finish(track)
 
-    async def _stream(self, track: _Tracker, writer: wire.ChunkWriter, first, deltas) -> AsyncIterator[bytes]:
-        last = first
+    async def _stream(self, track: _Tracker, writer: wire.ChunkWriter, opened: Opened) -> AsyncIterator[bytes]:
+        last = opened.first
         try:
             opening = writer.first()
             if opening:
                 yield opening
-            if first.text or first.finish_reason:
-                yield writer.delta(first.text, first.finish_reason)
-            async for delta in deltas:
+            if last.text or last.finish_reason:
+                yield writer.delta(last.text, last.finish_reason)
+            async for delta in opened.rest:
                 last = delta
                 if delta.text or delta.finish_reason:
                     yield writer.delta(delta.text, delta.finish_reason)
-            track.rec.prompt_tokens, track.rec.completion_tokens = last.prompt_tokens, last.completion_tokens
+            track.tokens(last.prompt_tokens, last.completion_tokens)
             tail = writer.usage(last.prompt_tokens, last.completion_tokens)
             if tail:
                 yield tail
             yield wire.DONE
-        except GatewayError as err:
-            # Bytes already went out: nothing can be retried; one error event, then close.
+        except (GatewayError, ProviderError) as exc:
+            # Bytes already went out: nothing can be retried. One error event, then close.
+            err = exc if isinstance(exc, GatewayError) else as_gateway_error(exc)
             track.fail(err)
-            track.rec.completion_tokens = last.completion_tokens
+            track.tokens(last.prompt_tokens, last.completion_tokens)
             yield wire.sse_error(err)
         except Exception:
-            err = GatewayError(f"Internal error while streaming (request id {track.rec.request_id}).")
             log.exception("stream %s failed", track.rec.request_id)
+            err = GatewayError(f"Internal error while streaming (request id {track.rec.request_id}).")
             track.fail(err)
             yield wire.sse_error(err)
         finally:
             if track.rec.status == 200 and last.finish_reason is None:
-                # the client went away before the end
-                track.rec.status = 499
+                track.rec.status = 499  # the client went away before the end
                 track.rec.error_type = "client_disconnected"
-                track.rec.prompt_tokens, track.rec.completion_tokens = last.prompt_tokens, last.completion_tokens
-            await deltas.aclose()
-            self._recorder.record(track.finish())
+                track.tokens(last.prompt_tokens, last.completion_tokens)
+            await opened.rest.aclose()
+            self._finish(track)
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _route(self, model: str, key: ApiKeyInfo) -> Provider:
-        providers = self._providers.get(model)
-        if not providers:
-            raise ModelNotFound(model)
+    def _check_model(self, model: str, key: ApiKeyInfo) -> None:
+        self._router.route(model)  # 404 for an unknown model
         if key.models is not None and model not in key.models:
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
-        return providers[0]
+
+    def _reply(self, track: _Tracker, status: int, body: bytes) -> Reply:
+        track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
+        return Reply(status, body=body, headers=track.headers)
 
     def _error_reply(self, track: _Tracker, err: GatewayError) -> Reply:
         track.fail(err)
-        return Reply(err.status_code, track.rec.request_id, body=err.body())
+        return Reply(err.status_code, body=err.body(), headers=track.headers)
 
     def _internal_error(self, track: _Tracker) -> Reply:
         log.exception("request %s failed", track.rec.request_id)
         err = GatewayError(f"The server had an error processing the request (request id {track.rec.request_id}).")
         return self._error_reply(track, err)
+
+    def _finish(self, track: _Tracker) -> None:
+        rec = track.rec
+        rec.latency_ms = (time.perf_counter() - track.t0) * 1000
+        route = self._router.routes.get(track.outcome.model_served or rec.model)
+        if route is not None:
+            pricing = route.config.pricing
+            rec.cost_usd = (rec.prompt_tokens * pricing.input_per_1m + rec.completion_tokens * pricing.output_per_1m) / 1e6
+        self._recorder.record(rec)
+        self._telemetry.observe(
+            model=rec.model if rec.model in self._router.routes else "unknown",
+            provider=rec.provider or "none",
+            status=rec.status,
+            latency_s=rec.latency_ms / 1000,
+            ttft_s=None if rec.ttft_ms is None else rec.ttft_ms / 1000,
+            overhead_s=track.overhead_ms() / 1000,
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+        )
+
+
+def _generate_request(rid: str, body, chat: bool) -> GenerateRequest:
+    params = SamplingParams(
+        max_tokens=body.token_limit,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop_tuple,
+    )
+    if chat:
+        messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
+        return GenerateRequest(request_id=rid, params=params, messages=messages)
+    return GenerateRequest(request_id=rid, params=params, prompt=body.prompt_text)

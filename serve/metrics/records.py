@@ -22,6 +22,9 @@ class RequestRecord:
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     streamed: bool = False
+    attempts: int = 0  # provider attempts (retries and fallbacks included)
+    fallback_used: bool = False  # served by a fallback model
+    cost_usd: float = 0.0  # from the serving model's pricing
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -34,6 +37,7 @@ class ModelUsage:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     ttft_p50_ms: float | None
@@ -46,6 +50,7 @@ class UsageReport:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float = 0.0
     models: list[ModelUsage] = field(default_factory=list)
 
     def as_dict(self) -> dict:

@@ -42,10 +42,20 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     completion_tokens UInt32,
     ttft_ms Nullable(Float64),
     latency_ms Float64,
-    streamed Bool
+    streamed Bool,
+    attempts UInt8,
+    fallback_used Bool,
+    cost_usd Float64
 ) ENGINE = MergeTree
 ORDER BY (model, ts)
 """
+
+# Columns added after the first release; applied to stores created before them.
+_UPGRADES = [
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS attempts UInt8",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS fallback_used Bool",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS cost_usd Float64",
+]
 
 
 class MetricsBackendError(Exception):
@@ -152,6 +162,8 @@ class MetricsStore:
         self._backend = backend
         self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
         backend.command(_SCHEMA)
+        for statement in _UPGRADES:
+            backend.command(statement)
 
     async def insert(self, rows: list[RequestRecord]) -> None:
         if not rows:
@@ -174,6 +186,7 @@ class MetricsStore:
                    countIf(status >= 400) AS errors,
                    sum(prompt_tokens) AS prompt_tokens,
                    sum(completion_tokens) AS completion_tokens,
+                   sum(cost_usd) AS cost_usd,
                    quantileExactIf(0.5)(latency_ms, status < 400) AS latency_p50_ms,
                    quantileExactIf(0.95)(latency_ms, status < 400) AS latency_p95_ms,
                    quantileExactIf(0.5)(ttft_ms, status < 400 AND ttft_ms IS NOT NULL) AS ttft_p50_ms,
@@ -191,6 +204,7 @@ class MetricsStore:
                 errors=int(r["errors"]),
                 prompt_tokens=int(r["prompt_tokens"]),
                 completion_tokens=int(r["completion_tokens"]),
+                cost_usd=round(float(r["cost_usd"]), 6),
                 # quantile over zero rows is 0/nan in ClickHouse: report "no data" as null
                 latency_p50_ms=_num(r["latency_p50_ms"]) if int(r["ok"]) else None,
                 latency_p95_ms=_num(r["latency_p95_ms"]) if int(r["ok"]) else None,
@@ -204,6 +218,7 @@ class MetricsStore:
             errors=sum(m.errors for m in models),
             prompt_tokens=sum(m.prompt_tokens for m in models),
             completion_tokens=sum(m.completion_tokens for m in models),
+            cost_usd=round(sum(m.cost_usd for m in models), 6),
             models=models,
         )
 

@@ -1,23 +1,22 @@
 """A runtime of this stack, called through its Ray Serve deployment handle.
 
 Engine errors raised in the runtime replica arrive here as the same exception types (Ray
-re-raises them); they are translated into gateway errors in this one module.
+re-raises them); they become provider errors in this one module, so the router treats a local
+runtime like any other provider (retries, fallbacks, circuit breaker).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from serve.gateway.errors import GatewayError, InvalidRequest, ProviderUnavailable
+from serve.providers.errors import ProviderError, UpstreamConnectError, UpstreamStatus
 from serve.runtimes.engine import EmbeddingResult, EngineError, GenerateRequest, TokenDelta
 
-EMBED_TIMEOUT_S = 120.0
-FIRST_DELTA_TIMEOUT_S = 300.0
+_RAY_ERRORS = (EngineError, RayError, BackPressureError, DeploymentUnavailableError)
 
 
 def runtime_app_name(runtime: str) -> str:
@@ -35,25 +34,25 @@ class LocalProvider:
         try:
             async for delta in stream:
                 yield delta
-        except (EngineError, RayError, BackPressureError, DeploymentUnavailableError) as exc:
+        except _RAY_ERRORS as exc:
             raise _translate(exc, self.name) from None
         finally:
             stream.cancel()
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         try:
-            return await asyncio.wait_for(self._handle.embed.remote(texts), EMBED_TIMEOUT_S)
-        except TimeoutError:
-            raise ProviderUnavailable(f"{self.name} did not answer within {EMBED_TIMEOUT_S:.0f} s") from None
-        except (EngineError, RayError, BackPressureError, DeploymentUnavailableError) as exc:
+            return await self._handle.embed.remote(texts)
+        except _RAY_ERRORS as exc:
             raise _translate(exc, self.name) from None
 
+    async def close(self) -> None:
+        pass
 
-def _translate(exc: Exception, name: str) -> GatewayError:
-    if isinstance(exc, EngineError):
-        if exc.status_code < 500:
-            return InvalidRequest(exc.message, param=exc.param, code=exc.code)
-        return ProviderUnavailable(f"{name}: {exc.message}", code=exc.code)
-    if isinstance(exc, BackPressureError):
-        return ProviderUnavailable(f"{name} is overloaded; retry shortly", code="overloaded")
-    return ProviderUnavailable(f"{name} is unavailable")
+
+def _translate(exc: Exception, name: str) -> ProviderError:
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    if isinstance(cause, EngineError):
+        return UpstreamStatus(name, cause.status_code, cause.message, code=cause.code, param=cause.param)
+    if isinstance(cause, BackPressureError):
+        return UpstreamStatus(name, 503, "the runtime is overloaded", code="overloaded")
+    return UpstreamConnectError(name, "the runtime is unavailable")

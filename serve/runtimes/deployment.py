@@ -7,6 +7,7 @@ HTTP route of their own unless one is asked for (the gateway-hop benchmark does)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 from ray import serve
@@ -37,8 +38,10 @@ class TextRuntime:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         prompt = request.prompt if request.messages is None else self.engine.render_chat(request.messages)
-        async for delta in self.engine.generate(prompt, request.params, request.request_id):
-            yield delta
+        # aclosing: a cancelled caller frees its batch slot now, not when the generator is collected
+        async with aclosing(self.engine.generate(prompt, request.params, request.request_id)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     async def __call__(self, http_request) -> dict:
         """Plain HTTP access (only when deployed with a route prefix): {"prompt", "max_tokens"}."""

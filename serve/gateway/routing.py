@@ -1,0 +1,310 @@
+"""Which provider answers a request: ranks, weights, fallbacks, retries, timeouts, breakers.
+
+For a model the router builds the candidate list once per request: the model's providers rank
+by rank (inside a rank, a weighted random order), then each ``fallback_models`` entry's
+candidates, depth first, each model at most once (cycle-safe). Then:
+
+- every candidate whose circuit breaker admits it gets one attempt per round, in order;
+- a retryable failure (connect error, timeout, 408/409/429/5xx) moves on to the next candidate
+  at once; when a round is over, the next round starts after exponential backoff with full
+  jitter (``base_delay_s * 2**round``, capped by ``max_delay_s``), at most ``num_retries``
+  more rounds, and never before a provider's ``Retry-After``;
+- any other 4xx ends the request at once: the request is wrong, another provider would refuse
+  it too;
+- ``ttft_ms`` bounds the wait for the first delta of each attempt, ``total_ms`` the whole
+  request (retries included) and, once a stream has started, the longest gap between deltas.
+
+A streamed attempt that has produced its first delta is committed: later failures cannot be
+retried (bytes went to the client). A non-streamed request is collected whole before anything
+is sent, so a failure midway still falls through to the next candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from serve.config import ModelConfig
+from serve.gateway.breaker import CircuitBreaker
+from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
+from serve.providers.base import Provider
+from serve.providers.errors import (
+    ProviderError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from serve.runtimes.engine import GenerateRequest, TokenDelta
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One provider of one model, with its weight and breaker."""
+
+    model: str
+    provider: Provider
+    weight: float = 1.0
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    not_before: float = 0.0  # monotonic time before which Retry-After forbids another attempt
+
+
+@dataclass(slots=True)
+class ModelRoute:
+    name: str
+    ranks: list[list[Slot]]
+    config: ModelConfig
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, for the metrics row and the response headers."""
+
+    attempts: int = 0
+    provider: str = ""
+    model_served: str = ""
+    fallback_used: bool = False
+    upstream_s: float = 0.0  # time spent waiting on providers (the rest is gateway overhead)
+
+
+@dataclass(slots=True)
+class Opened:
+    """A committed stream: its first delta and the rest."""
+
+    slot: Slot
+    first: TokenDelta
+    rest: AsyncIterator[TokenDelta]
+
+
+class Router:
+    def __init__(
+        self,
+        routes: dict[str, ModelRoute],
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = asyncio.sleep,
+    ) -> None:
+        self.routes = routes
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
+
+    def route(self, model: str) -> ModelRoute:
+        route = self.routes.get(model)
+        if route is None:
+            raise ModelNotFound(model)
+        return route
+
+    def candidates(self, model: str) -> list[Slot]:
+        out: list[Slot] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen or name not in self.routes:
+                return
+            seen.add(name)
+            route = self.routes[name]
+            for rank in route.ranks:
+                out.extend(self._weighted_order(rank))
+            for fallback in route.config.fallback_models:
+                visit(fallback)
+
+        visit(model)
+        return out
+
+    async def open_stream(self, model: str, request: GenerateRequest, outcome: Outcome) -> Opened:
+        """The first candidate that produces a first delta; its stream continues in ``rest``."""
+        route = self.route(model)
+        gap_s = route.config.timeouts.total_ms / 1000
+
+        async def attempt(slot: Slot, deadline: float) -> Opened:
+            gen = slot.provider.generate(request)
+            first = await self._first(slot, gen, route, deadline)
+            return Opened(slot, first, _gap_limited(gen, gap_s, slot.provider.name))
+
+        return await self._run(model, route, attempt, outcome)
+
+    async def complete(self, model: str, request: GenerateRequest, outcome: Outcome) -> tuple[Slot, list[TokenDelta]]:
+        """The whole generation from the first candidate that completes it."""
+        route = self.route(model)
+
+        async def attempt(slot: Slot, deadline: float) -> tuple[Slot, list[TokenDelta]]:
+            gen = slot.provider.generate(request)
+            deltas = [await self._first(slot, gen, route, deadline)]
+            try:
+                async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                    async for delta in gen:
+                        deltas.append(delta)
+            except TimeoutError:
+                raise UpstreamTimeout(slot.provider.name, "the request took longer than total_ms") from None
+            finally:
+                await gen.aclose()
+            return slot, deltas
+
+        return await self._run(model, route, attempt, outcome)
+
+    async def embed(self, model: str, texts: list[str], outcome: Outcome):
+        route = self.route(model)
+
+        async def attempt(slot: Slot, deadline: float):
+            try:
+                async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                    return slot, await slot.provider.embed(texts)
+            except TimeoutError:
+                raise UpstreamTimeout(slot.provider.name, "no answer within total_ms") from None
+
+        return await self._run(model, route, attempt, outcome)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _run(self, model: str, route: ModelRoute, attempt, outcome: Outcome):
+        retries = route.config.retries
+        deadline = self._clock() + route.config.timeouts.total_ms / 1000
+        candidates = self.candidates(model)
+        last: ProviderError | None = None
+        for round_no in range(retries.num_retries + 1):
+            tried = False
+            for slot in candidates:
+                if slot.not_before > self._clock() or not slot.breaker.try_acquire():
+                    continue
+                tried = True
+                outcome.attempts += 1
+                t0 = self._clock()
+                try:
+                    result = await attempt(slot, deadline)
+                except ProviderError as exc:
+                    outcome.upstream_s += self._clock() - t0
+                    last = exc
+                    _score(slot, exc)
+                    if isinstance(exc, UpstreamStatus) and exc.retry_after_s:
+                        slot.not_before = self._clock() + exc.retry_after_s
+                    if not exc.retryable:
+                        raise _to_gateway_error(exc) from None
+                    if self._clock() >= deadline:
+                        raise _to_gateway_error(UpstreamTimeout(exc.provider, "total_ms elapsed")) from None
+                    continue
+                except BaseException:
+                    slot.breaker.release()
+                    raise
+                outcome.upstream_s += self._clock() - t0
+                slot.breaker.record_success()
+                outcome.provider = slot.provider.name
+                outcome.model_served = slot.model
+                outcome.fallback_used = slot.model != model
+                return result
+            if round_no == retries.num_retries or (not tried and last is None):
+                break  # out of rounds, or every circuit is open and nothing was tried: fail fast
+            delay = self._backoff(round_no, retries.base_delay_s, retries.max_delay_s, candidates)
+            if delay is None or self._clock() + delay >= deadline:
+                break
+            await self._sleep(delay)
+        if last is None:
+            wait = min((s.breaker.retry_after_s() for s in candidates), default=0.0)
+            raise ProviderUnavailable(
+                f"No provider for '{model}' is available (circuit open); retry in {wait:.0f} s.",
+                code="circuit_open",
+                retry_after_s=wait,
+            )
+        raise _to_gateway_error(last)
+
+    async def _first(self, slot: Slot, gen: AsyncIterator[TokenDelta], route: ModelRoute, deadline: float) -> TokenDelta:
+        ttft_ms = route.config.timeouts.ttft_ms
+        budget = deadline - self._clock()
+        limit = budget if ttft_ms is None else min(budget, ttft_ms / 1000)
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                return await anext(gen)
+        except TimeoutError:
+            await gen.aclose()
+            raise UpstreamTimeout(slot.provider.name, f"no first token within {limit * 1000:.0f} ms") from None
+        except StopAsyncIteration:
+            raise UpstreamProtocolError(slot.provider.name, "the stream ended before any token") from None
+        except BaseException:
+            await gen.aclose()
+            raise
+
+    def _backoff(self, round_no: int, base_s: float, cap_s: float, candidates: list[Slot]) -> float | None:
+        """Full jitter, capped; but at least until the earliest candidate's Retry-After passes."""
+        delay = self._rng.uniform(0, min(cap_s, base_s * (2**round_no)))
+        now = self._clock()
+        earliest = min((s.not_before for s in candidates), default=now)
+        wait = max(0.0, earliest - now)
+        if wait > cap_s:
+            return None  # nobody may be retried within the cap
+        return max(delay, wait)
+
+    def _weighted_order(self, rank: list[Slot]) -> list[Slot]:
+        if len(rank) == 1:
+            return rank
+        # Efraimidis-Spirakis: weighted sampling without replacement
+        keyed = [(self._rng.random() ** (1.0 / s.weight), s) for s in rank]
+        keyed.sort(key=lambda t: t[0], reverse=True)
+        return [s for _, s in keyed]
+
+
+async def _gap_limited(gen: AsyncIterator[TokenDelta], gap_s: float, provider: str) -> AsyncIterator[TokenDelta]:
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(gap_s):
+                    delta = await anext(gen)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamTimeout(provider, f"the stream stalled for more than {gap_s * 1000:.0f} ms") from None
+            yield delta
+    finally:
+        await gen.aclose()
+
+
+def _score(slot: Slot, exc: ProviderError) -> None:
+    """Connect errors, timeouts and 5xx count against the provider's health; 4xx do not."""
+    unhealthy = isinstance(exc, (UpstreamConnectError, UpstreamTimeout)) or (
+        isinstance(exc, UpstreamStatus) and exc.status >= 500
+    )
+    if unhealthy:
+        slot.breaker.record_failure()
+    else:
+        slot.breaker.release()
+
+
+class UpstreamRejected(GatewayError):
+    """A provider's error passed on to the client, with the status it deserves here."""
+
+
+def as_gateway_error(exc: ProviderError) -> GatewayError:
+    """What the client is told about a provider failure that will not be retried."""
+    return _to_gateway_error(exc)
+
+
+def _to_gateway_error(exc: ProviderError) -> GatewayError:
+    if isinstance(exc, UpstreamStatus):
+        if exc.status in (400, 413, 422):
+            return InvalidRequest(exc.upstream_message, param=exc.param, code=exc.code or "invalid_request")
+        if exc.status == 429:
+            err = UpstreamRejected(
+                f"The provider is rate limiting requests: {exc.upstream_message}", code="rate_limit_exceeded"
+            )
+            err.status_code, err.error_type = 429, "requests"
+            err.retry_after_s = exc.retry_after_s
+            return err
+        if exc.status in (401, 403, 404):
+            err = UpstreamRejected(f"The provider {exc.provider} refused the gateway's request (HTTP {exc.status}).")
+            err.status_code, err.code = 502, "upstream_rejected"
+            return err
+        err = UpstreamRejected(f"The provider {exc.provider} failed (HTTP {exc.status}).", code="upstream_error")
+        err.status_code = 502
+        return err
+    if isinstance(exc, UpstreamTimeout):
+        err = UpstreamRejected(f"Timed out: {exc.message}.", code="upstream_timeout")
+        err.status_code = 504
+        return err
+    if isinstance(exc, UpstreamProtocolError):
+        err = UpstreamRejected(f"The provider {exc.provider} sent an invalid response.", code="upstream_protocol_error")
+        err.status_code = 502
+        return err
+    return ProviderUnavailable(f"The provider {exc.provider} could not be reached.", code="upstream_unreachable")
