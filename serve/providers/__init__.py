@@ -35,15 +35,15 @@ def build_provider(model: str, name: str, cfg, runtime_deployments: dict[str, st
 
     api_key = resolve_api_key(cfg, where=f"models.{model}.providers.{name}")
     if cfg.type in ("openai", "together"):
-        from serve.providers.openai_compat import OpenAICompatProvider
+        from serve.providers.openai_compat import OpenAICompatibleProvider
 
-        return OpenAICompatProvider.from_config(model, name, cfg, api_key)
+        return OpenAICompatibleProvider.from_config(model, name, cfg, api_key)
     if cfg.type == "azure":
-        from serve.providers.azure import AzureProvider
+        from serve.providers.azure import AzureOpenAIProvider
 
-        return AzureProvider.from_config(model, name, cfg, api_key)
+        return AzureOpenAIProvider.from_config(model, name, cfg, api_key)
     if cfg.type == "anthropic":
-        from serve.providers.anthropic import AnthropicProvider
+        from serve.providers.anthropic import AnthropicMessagesProvider
 
-        return AnthropicProvider.from_config(model, name, cfg, api_key)
+        return AnthropicMessagesProvider.from_config(model, name, cfg, api_key)
     raise ValueError(f"models.{model}.providers.{name}: unknown provider type {cfg.type!r}")

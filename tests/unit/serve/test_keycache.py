@@ -7,39 +7,10 @@ import time
 
 import pytest
 
-from serve.auth import ApiKeyInfo, hash_key, new_key
+from serve.auth import new_key
 from serve.gateway.errors import AuthenticationFailed
 from serve.gateway.keycache import KeyCache
-
-
-class MemoryKeySource:
-    """An in-memory KeySource: the protocol, with counters."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, ApiKeyInfo] = {}
-        self.version = 0
-        self.loads = 0
-        self.fingerprints = 0
-
-    def add(self, secret: str, **kw) -> None:
-        self.keys[hash_key(secret)] = ApiKeyInfo(key_id=secret[-4:], project_id="p", project="proj", **kw)
-        self.version += 1
-
-    def revoke(self, secret: str) -> None:
-        del self.keys[hash_key(secret)]
-        self.version += 1
-
-    async def fingerprint(self) -> str:
-        self.fingerprints += 1
-        await asyncio.sleep(0.01)
-        return str(self.version)
-
-    async def load_active(self) -> dict[str, ApiKeyInfo]:
-        self.loads += 1
-        return dict(self.keys)
-
-    async def close(self) -> None:
-        pass
+from tests.fakes.keys import MemoryKeySource
 
 
 async def wait_until(cond, timeout=5.0):
@@ -68,7 +39,7 @@ async def test_new_key_works_on_first_request_and_bad_keys_share_refreshes():
     await cache.start()
     k = new_key()
     src.add(k)
-    assert (await cache.authenticate(f"Bearer {k}")).key_id == k[-4:]
+    assert (await cache.authenticate(f"Bearer {k}")).key_id == "key_" + k[-6:]
     before = src.fingerprints
     results = await asyncio.gather(*(cache.authenticate("Bearer sk-fnd-bad") for _ in range(50)), return_exceptions=True)
     assert all(isinstance(r, AuthenticationFailed) for r in results)

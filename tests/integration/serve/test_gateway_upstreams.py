@@ -1,0 +1,311 @@
+"""The gateway in front of real HTTP upstreams: every provider type, faults, credentials.
+
+Upstreams are the protocol fakes in tests/fakes/upstreams.py; the gateway is its real FastAPI
+app over real HTTP (gateway_harness.py); clients are the official openai SDK and httpx.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+
+import httpx
+import openai
+import pytest
+from gateway_harness import KEY, GatewayServer
+
+from serve.secrets import encrypt, generate_keypair
+from tests.fakes.upstreams import AnthropicUpstream, AzureUpstream, OpenAIUpstream
+
+MSG = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def upstreams():
+    started = []
+
+    def start(cls, **kw):
+        u = cls(**kw).start()
+        started.append(u)
+        return u
+
+    yield start
+    for u in started:
+        u.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    servers = []
+
+    def start(toml: str) -> GatewayServer:
+        s = GatewayServer(toml, tmp_path / f"g{len(servers)}")
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def client(gw: GatewayServer, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0, timeout=30, **kw)
+
+
+def test_all_provider_types(upstreams, gateway, monkeypatch):
+    oa = upstreams(OpenAIUpstream, api_key="oa-key", seed=1)
+    tg = upstreams(OpenAIUpstream, api_key="tg-key", seed=2)
+    az = upstreams(AzureUpstream, api_key="az-key", deployments=["dep"], seed=3)
+    an = upstreams(AnthropicUpstream, api_key="an-key", seed=4)
+    monkeypatch.setenv("OA_KEY", "oa-key")
+    monkeypatch.setenv("TG_KEY", "tg-key")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "an-key")
+    gw = gateway(
+        f"""
+[models.oa.providers.p]
+type = "openai"
+base_url = "{oa.url}"
+api_key_env = "OA_KEY"
+[models.tg.providers.p]
+type = "together"
+base_url = "{tg.url}"
+api_key_env = "TG_KEY"
+[models.az.providers.p]
+type = "azure"
+base_url = "{az.url}"
+deployment = "dep"
+[models.an.providers.p]
+type = "anthropic"
+base_url = "{an.url}"
+model = "claude-test"
+"""
+    )
+    c = client(gw)
+    for model, upstream in (("oa", oa), ("tg", tg), ("az", az), ("an", an)):
+        full = c.chat.completions.create(model=model, messages=MSG, max_tokens=5)
+        assert full.choices[0].message.content == upstream.reply("user: hello there", max_tokens=5).text, model
+        assert full.usage.completion_tokens > 0
+        streamed = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in c.chat.completions.create(model=model, messages=MSG, max_tokens=5, stream=True)
+            if ch.choices
+        )
+        assert streamed == full.choices[0].message.content, model
+    assert c.embeddings.create(model="oa", input="x").data[0].embedding
+    rows = gw.wait_rows(9)
+    assert {r["provider"] for r in rows} == {"openai:p", "together:p", "azure:p", "anthropic:p"}
+
+
+def test_primary_killed_under_load_loses_no_unstarted_request(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    primary = upstreams(OpenAIUpstream, latency_s=0.02, record=False)
+    backup = upstreams(OpenAIUpstream, latency_s=0.02, record=False)
+    gw = gateway(
+        f"""
+[models.m]
+routing = ["primary", "backup"]
+[models.m.timeouts]
+ttft_ms = 2000
+[models.m.providers.primary]
+type = "openai"
+base_url = "{primary.url}"
+api_key_env = "K"
+[models.m.providers.backup]
+type = "openai"
+base_url = "{backup.url}"
+api_key_env = "K"
+"""
+    )
+    c = client(gw)
+
+    def one(i: int) -> str:
+        if i % 2:
+            return c.chat.completions.create(model="m", messages=MSG, max_tokens=4).choices[0].message.content
+        chunks = list(c.chat.completions.create(model="m", messages=MSG, max_tokens=4, stream=True))
+        return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+    expected = backup.reply("user: hello there", max_tokens=4).text
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(120)]
+        while primary.request_count < 20:
+            time.sleep(0.01)
+        primary.stop()  # killed mid-load
+        results = [f.result() for f in futures]  # every request succeeded
+    assert results == [expected] * 120
+    assert backup.request_count > 0
+    rows = gw.wait_rows(120)
+    assert all(r["status"] == 200 for r in rows)
+    assert any(r["provider"] == "openai:backup" and r["attempts"] >= 2 for r in rows)
+
+
+def test_breaker_opens_then_recovers(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    primary = upstreams(OpenAIUpstream)
+    backup = upstreams(OpenAIUpstream)
+    gw = gateway(
+        f"""
+[gateway]
+breaker_failures = 3
+breaker_cooldown_s = 1.0
+[models.m.providers.primary]
+type = "openai"
+base_url = "{primary.url}"
+api_key_env = "K"
+[models.m.providers.backup]
+type = "openai"
+base_url = "{backup.url}"
+api_key_env = "K"
+"""
+    )
+    c = client(gw)
+    primary.fail_next(1000, status=503)
+    for _ in range(10):
+        c.chat.completions.create(model="m", messages=MSG, max_tokens=2)
+    assert primary.request_count == 3  # then skipped while open
+    primary.reset()
+    time.sleep(1.1)  # the cooldown
+    r = c.chat.completions.with_raw_response.create(model="m", messages=MSG, max_tokens=2)
+    assert r.headers["x-foundry-provider"] == "openai:primary"  # the probe went through and closed it
+
+
+def test_single_provider_fails_fast_with_503_when_open(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    up = upstreams(OpenAIUpstream)
+    gw = gateway(
+        f"""
+[gateway]
+breaker_failures = 2
+breaker_cooldown_s = 60
+[models.m.retries]
+num_retries = 0
+[models.m.providers.only]
+type = "openai"
+base_url = "{up.url}"
+api_key_env = "K"
+"""
+    )
+    up.stop()
+    c = client(gw)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError):
+            c.chat.completions.create(model="m", messages=MSG)
+    t0 = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as exc:
+        c.chat.completions.create(model="m", messages=MSG)
+    assert exc.value.status_code == 503 and time.monotonic() - t0 < 0.5
+    assert exc.value.response.headers["retry-after"]
+
+
+def test_ttft_timeout_uses_the_backup_and_stall_ends_the_stream(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    primary = upstreams(OpenAIUpstream)
+    backup = upstreams(OpenAIUpstream)
+    gw = gateway(
+        f"""
+[models.m.timeouts]
+ttft_ms = 300
+total_ms = 500
+[models.m.providers.primary]
+type = "openai"
+base_url = "{primary.url}"
+api_key_env = "K"
+[models.m.providers.backup]
+type = "openai"
+base_url = "{backup.url}"
+api_key_env = "K"
+"""
+    )
+    c = client(gw)
+    primary.delay_next(1, seconds=5)
+    t0 = time.monotonic()
+    r = c.chat.completions.with_raw_response.create(model="m", messages=MSG, max_tokens=3)
+    assert r.headers["x-foundry-provider"] == "openai:backup" and time.monotonic() - t0 < 2
+
+    primary.stall_next(1, seconds=5, after_chunks=1)
+    with httpx.stream(
+        "POST", f"{gw.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "m", "messages": MSG, "max_tokens": 6, "stream": True}, timeout=10,
+    ) as resp:  # fmt: skip
+        body = resp.read().decode()
+    assert resp.status_code == 200
+    events = [line for line in body.splitlines() if line.startswith("data: ")]
+    assert '"error"' in events[-1] and "[DONE]" not in body  # one error event, then closed
+    rows = gw.wait_rows(2)
+    assert rows[-1]["status"] == 504 and rows[-1]["streamed"]
+
+
+def test_upstream_429_retry_after_is_honoured(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    up = upstreams(OpenAIUpstream)
+    gw = gateway(
+        f"""
+[models.m.retries]
+num_retries = 2
+max_delay_s = 4.0
+[models.m.providers.only]
+type = "openai"
+base_url = "{up.url}"
+api_key_env = "K"
+"""
+    )
+    up.fail_next(1, status=429, retry_after_s=1)
+    t0 = time.monotonic()
+    client(gw).chat.completions.create(model="m", messages=MSG, max_tokens=2)
+    assert time.monotonic() - t0 >= 1.0
+    assert up.request_count == 2
+
+
+def test_non_retryable_4xx_passes_through_once(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    primary, backup = upstreams(OpenAIUpstream), upstreams(OpenAIUpstream)
+    gw = gateway(
+        f"""
+[models.m.providers.primary]
+type = "openai"
+base_url = "{primary.url}"
+api_key_env = "K"
+[models.m.providers.backup]
+type = "openai"
+base_url = "{backup.url}"
+api_key_env = "K"
+"""
+    )
+    primary.fail_next(1, status=400)
+    with pytest.raises(openai.BadRequestError):
+        client(gw).chat.completions.create(model="m", messages=MSG)
+    assert backup.request_count == 0
+
+
+def test_encrypted_credential_never_leaks(upstreams, gateway, monkeypatch, caplog):
+    secret = "sk-upstream-SECRET-4711"
+    private_pem, public_pem = generate_keypair(bits=2048)
+    monkeypatch.setenv("FOUNDRY_RSA_PRIVATE_KEY", private_pem)
+    up = upstreams(OpenAIUpstream, api_key=secret)
+    wrong = upstreams(OpenAIUpstream, api_key="something-else")
+    gw = gateway(
+        f"""
+[models.m.providers.p]
+type = "openai"
+base_url = "{up.url}"
+api_key_encrypted = "{encrypt(public_pem, secret)}"
+[models.bad.providers.p]
+type = "openai"
+base_url = "{wrong.url}"
+api_key_encrypted = "{encrypt(public_pem, secret)}"
+"""
+    )
+    caplog.set_level(logging.DEBUG)
+    c = client(gw)
+    assert c.chat.completions.create(model="m", messages=MSG, max_tokens=2).choices
+    assert up.requests[-1].headers["authorization"] == f"Bearer {secret}"
+    with pytest.raises(openai.APIStatusError) as exc:  # the upstream refuses the key: 502
+        c.chat.completions.create(model="bad", messages=MSG, max_tokens=2)
+    assert exc.value.status_code == 502
+    assert secret not in exc.value.response.text
+    rows = gw.wait_rows(2)
+    assert secret not in repr(rows)
+    assert secret not in caplog.text
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert secret not in metrics and "foundry_gateway_requests_total" in metrics
