@@ -35,7 +35,7 @@ from benchmarks._meta import write
 
 HERE = Path(__file__).resolve().parent
 LITELLM_VENV = HERE / ".venv-litellm"
-LITELLM_SPEC = "litellm[proxy]==1.109.3"
+LITELLM_SPEC = "litellm[proxy]==1.108.7"
 CONCURRENCY = 16
 DURATION_S = float(os.environ.get("FOUNDRY_BENCH_DURATION_S", "12"))
 WARMUP_S = 2.0
@@ -112,8 +112,7 @@ async def load(url: str, headers: dict, stream: bool) -> dict:
 
 
 def main(out_dir: Path) -> dict:
-    from control.config import parse_config
-    from control.stack import Stack
+    from control.config import parse_config, ray_environment
 
     litellm = ensure_litellm()
     work = Path(tempfile.mkdtemp(prefix="foundry-bench-litellm-"))
@@ -163,6 +162,10 @@ def main(out_dir: Path) -> dict:
             source="<bench>",
             base_dir=work,
         )
+        for name, value in ray_environment(cfg).items():
+            os.environ.setdefault(name, value)  # before ray.serve is imported
+        from control.stack import Stack
+
         stack = Stack(cfg, home=work / "home", port=gw_port)
         stack.start()
 

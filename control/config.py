@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from typing import Literal
 from importlib import resources
 from pathlib import Path
 
@@ -36,6 +37,11 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy",
+        description='"haproxy": Ray Serve\'s HAProxy ingress sends requests straight to the gateway '
+        'replicas\' own HTTP servers; "proxy": Serve\'s Python HTTP proxy (one more hop)',
+    )
 
 
 class DatabaseConfig(_Strict):
@@ -78,6 +84,22 @@ class FoundryConfig(_Strict):
 
     def local_runtime(self, model_name: str, provider: LocalProvider) -> str:
         return provider.runtime or model_name
+
+
+def ray_environment(config: FoundryConfig) -> dict[str, str]:
+    """Environment a local Ray cluster must start with for this config. Ray reads these when its
+    modules are imported and when it spawns workers, so set them before importing ``ray.serve``."""
+    env = {
+        # Ray starts workers at nice 15 (batch jobs yielding to the driver); here the workers
+        # *are* the service.
+        "RAY_worker_niceness": "0",
+    }
+    if config.server.ingress == "haproxy":
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        # On shutdown a replica stays reachable this long so load balancers can deregister it;
+        # Serve's HAProxy is the only one here, and it learns at once.
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
+    return env
 
 
 def foundry_home() -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
-from control.config import FoundryConfig
+from control.config import FoundryConfig, ray_environment
 from control.db import migrate
 from control.deployment import build_control
 from control.keys import DatabaseKeySource, bootstrap_admin
@@ -141,6 +141,8 @@ class Stack:
         if self.address:
             ctx = ray.init(address=self.address, namespace=NAMESPACE, runtime_env={"env_vars": env})
         else:
+            for name, value in ray_environment(self.config).items():
+                os.environ.setdefault(name, value)
             ctx = ray.init(
                 namespace=NAMESPACE,
                 include_dashboard=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -50,7 +51,7 @@ def up(
     ] = None,
 ) -> None:
     """Start the whole stack on Ray: gateway at /v1, control API at /api, model runtimes."""
-    from control.config import ConfigError, default_config, foundry_home, load_config
+    from control.config import ConfigError, default_config, foundry_home, load_config, ray_environment
 
     try:
         cfg = load_config(config) if config else default_config()
@@ -58,6 +59,10 @@ def up(
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        # before ray.serve is imported: it reads its ingress mode at import time
+        for name, value in ray_environment(cfg).items():
+            os.environ.setdefault(name, value)
     from control.stack import Stack
 
     home = foundry_home()
