@@ -33,6 +33,7 @@ from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, Pr
 from serve.providers.base import Provider
 from serve.providers.errors import (
     ProviderError,
+    UnsupportedOperation,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamStatus,
@@ -299,6 +300,8 @@ def _to_gateway_error(exc: ProviderError) -> GatewayError:
         err = UpstreamRejected(f"The provider {exc.provider} failed (HTTP {exc.status}).", code="upstream_error")
         err.status_code = 502
         return err
+    if isinstance(exc, UnsupportedOperation):
+        return InvalidRequest(f"The model's provider {exc.provider} cannot do this: {exc.message}", code=exc.code)
     if isinstance(exc, UpstreamTimeout):
         err = UpstreamRejected(f"Timed out: {exc.message}.", code="upstream_timeout")
         err.status_code = 504

@@ -6,6 +6,7 @@ from __future__ import annotations
 from serve.providers.base import Provider
 from serve.providers.errors import (
     ProviderError,
+    UnsupportedOperation,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamStatus,
@@ -17,6 +18,7 @@ __all__ = [
     "LocalProvider",
     "Provider",
     "ProviderError",
+    "UnsupportedOperation",
     "UpstreamConnectError",
     "UpstreamProtocolError",
     "UpstreamStatus",

@@ -23,6 +23,7 @@ the upstream echoes back.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 import orjson
 
+from serve.providers._pool import ShardedTransport
 from serve.providers._sse import ServerSentEvent, iter_events
 from serve.providers.errors import (
     ProviderError,
@@ -43,6 +45,7 @@ from serve.providers.errors import (
 CONNECT_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 30.0  # sending a request body; prompts are small, a stuck socket is not
 KEEPALIVE_EXPIRY_S = 30.0
+DRAIN_TIMEOUT_S = 1.0
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 500
 USER_AGENT = "foundry-gateway"
@@ -53,7 +56,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class UpstreamClient:
-    """A provider's pooled HTTP/1.1 connections to one upstream.
+    """A provider's pooled HTTP/1.1 connections to one upstream (:mod:`serve.providers._pool`).
 
     ``headers`` (the credential among them) go on every request; ``params`` (Azure's
     ``api-version``) on every URL. ``secret`` is cut out of error messages.
@@ -83,16 +86,12 @@ class UpstreamClient:
             base_url=url,
             headers={"user-agent": USER_AGENT, **headers},
             params=dict(params or {}),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            ),
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S, write=WRITE_TIMEOUT_S),
-            http1=True,
-            http2=False,
             follow_redirects=False,
-            transport=transport,
+            transport=transport
+            or ShardedTransport(
+                max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S, https=url.scheme == "https"
+            ),
         )
 
     async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[ServerSentEvent]:
@@ -107,6 +106,8 @@ class UpstreamClient:
         try:
             if response.status_code >= 400:
                 raise await self._status_error(response)
+            if response.headers.get("content-type", "").startswith("application/json"):
+                raise self.protocol_error("a JSON answer where an event stream was expected")
             async for event in iter_events(response.aiter_bytes()):
                 started = True
                 yield event
@@ -130,6 +131,19 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    @staticmethod
+    async def drain(events: AsyncIterator[ServerSentEvent]) -> None:
+        """Read what follows a stream's last event (the end of the chunked body) so that its
+        connection goes back to the pool: a response closed before its end closes the
+        connection, and the next request would pay for a new one (a TLS handshake, upstream).
+        Gives up after DRAIN_TIMEOUT_S on a server that keeps the body open."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async for _ in events:
+                    pass
+        except (TimeoutError, ProviderError):
+            pass
 
     def protocol_error(self, what: str) -> UpstreamProtocolError:
         return UpstreamProtocolError(self.provider, f"{self.target} sent {what}")
@@ -173,7 +187,9 @@ class UpstreamClient:
     def _transport_error(self, exc: httpx.HTTPError, *, started: bool) -> ProviderError:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamConnectError(self.provider, f"could not connect to {self.target} within {CONNECT_TIMEOUT_S:g} s")
+            return UpstreamConnectError(
+                self.provider, f"could not connect to {self.target} within {CONNECT_TIMEOUT_S:g} s"
+            )
         if isinstance(exc, httpx.ConnectError):
             return UpstreamConnectError(self.provider, f"could not connect to {self.target}: {self._redact(reason)}")
         if isinstance(exc, httpx.TimeoutException):

@@ -41,7 +41,7 @@ import orjson
 from serve.config import AnthropicProvider
 from serve.providers._http import UpstreamClient
 from serve.providers._sse import ServerSentEvent
-from serve.providers.errors import ProviderError, UpstreamConnectError
+from serve.providers.errors import ProviderError, UnsupportedOperation, UpstreamConnectError
 from serve.runtimes.engine import ChatMessage, EmbeddingResult, GenerateRequest, TokenDelta
 
 MESSAGES_PATH = "/v1/messages"
@@ -71,10 +71,9 @@ ERROR_STATUS = {
 }
 
 
-class EmbeddingsUnsupported(ProviderError):
+class EmbeddingsUnsupported(UnsupportedOperation):
     """The provider has no embeddings API; no retry or other attempt at it can help."""
 
-    retryable = False
     status = 400
     error_type = "invalid_request_error"
     code = "embeddings_not_supported"
@@ -212,6 +211,7 @@ async def _anthropic_deltas(http: UpstreamClient, events: AsyncIterator[ServerSe
                 output_tokens = _int(usage.get("output_tokens"), output_tokens)
             elif kind == "message_stop":
                 finish = FINISH_REASONS.get(stop_reason or "", "stop")
+                await http.drain(events)
                 yield TokenDelta("", finish, prompt_tokens, chunks if output_tokens is None else output_tokens)
                 return
             elif kind == "error":

@@ -4,7 +4,8 @@
     ├── UpstreamStatus             the upstream answered with an HTTP error (status, Retry-After)
     ├── UpstreamConnectError       could not connect / connection dropped before any byte
     ├── UpstreamTimeout            no first token within ttft_ms, a stall longer than total_ms
-    └── UpstreamProtocolError      the upstream answered something we cannot parse
+    ├── UpstreamProtocolError      the upstream answered something we cannot parse
+    └── UnsupportedOperation       the provider has no such API (embeddings on Anthropic)
 
 ``retryable`` decides whether the next attempt (same provider after backoff, or the next
 provider) may be tried: connect errors, timeouts, 408/409/429/5xx are; other 4xx are not (the
@@ -59,6 +60,14 @@ class UpstreamTimeout(ProviderError):
 
 class UpstreamProtocolError(ProviderError):
     retryable = False
+
+
+class UnsupportedOperation(ProviderError):
+    """The provider cannot do this at all (e.g. embeddings on Anthropic): the request is wrong
+    for this model, not the upstream unhealthy."""
+
+    retryable = False
+    code = "unsupported_operation"
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -31,6 +31,9 @@ from serve.providers.errors import UpstreamConnectError
 from serve.runtimes.engine import EmbeddingResult, GenerateRequest, TokenDelta
 
 
+OPENAI_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
 class OpenAICompatibleProvider:
     """A provider speaking OpenAI's chat/completions/embeddings protocol over one pooled client.
 
@@ -54,7 +57,7 @@ class OpenAICompatibleProvider:
     ) -> None:
         self.name = name
         self.model = model
-        self._paths = dict(paths or {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"})
+        self._paths = dict(paths or OPENAI_PATHS)
         self._http = UpstreamClient(
             name,
             base_url,
@@ -179,7 +182,9 @@ async def openai_deltas(
     if not done and finish is None:
         raise UpstreamConnectError(http.provider, f"the stream from {http.target} ended before it finished")
     usage = usage if isinstance(usage, dict) else {}
-    yield TokenDelta("", finish or "stop", _count(usage, "prompt_tokens", 0), _count(usage, "completion_tokens", chunks))
+    prompt_tokens, completion_tokens = _count(usage, "prompt_tokens", 0), _count(usage, "completion_tokens", chunks)
+    await http.drain(events)
+    yield TokenDelta("", finish or "stop", prompt_tokens, completion_tokens)
 
 
 def _count(usage: dict[str, Any], key: str, default: int) -> int:
