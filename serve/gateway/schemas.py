@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve.gateway.errors import InvalidRequest
 
-DEFAULT_MAX_TOKENS = 256
 
 
 class _Lenient(BaseModel):
@@ -72,8 +71,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
     @property
-    def token_limit(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+    def token_limit(self) -> int | None:
+        """None: the client set no limit (local runtimes default to 256, providers to theirs)."""
+        return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(_Sampling):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 
 from ray import serve
@@ -17,6 +18,7 @@ from serve.config import RuntimeConfig
 from serve.runtimes.engine import EmbeddingResult, GenerateRequest, TokenDelta
 
 TEXT_DEPLOYMENT = "TextRuntime"
+DEFAULT_MAX_TOKENS = 256  # when a chat request sets no limit
 EMBED_DEPLOYMENT = "EmbeddingRuntime"
 
 
@@ -38,8 +40,11 @@ class TextRuntime:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
         prompt = request.prompt if request.messages is None else self.engine.render_chat(request.messages)
+        params = request.params
+        if params.max_tokens is None:
+            params = replace(params, max_tokens=DEFAULT_MAX_TOKENS)
         # aclosing: a cancelled caller frees its batch slot now, not when the generator is collected
-        async with aclosing(self.engine.generate(prompt, request.params, request.request_id)) as deltas:
+        async with aclosing(self.engine.generate(prompt, params, request.request_id)) as deltas:
             async for delta in deltas:
                 yield delta
 

@@ -21,9 +21,10 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """Per-request decoding parameters. ``temperature == 0`` means greedy decoding."""
+    """Per-request decoding parameters. ``temperature == 0`` means greedy decoding.
+    ``max_tokens=None``: the client set no limit; each runtime or provider applies its default."""
 
-    max_tokens: int = 16
+    max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
