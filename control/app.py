@@ -1,4 +1,4 @@
-"""The control API: projects, API keys and usage, for admins.
+"""The control API: projects, API keys (with their limits and budgets) and usage, for admins.
 
 Routes have no ``/api`` prefix; the stack mounts this app under ``/api`` (so its docs are at
 ``/api/docs``). Every route but ``GET /health`` needs ``Authorization: Bearer <admin key>``.
@@ -55,8 +55,10 @@ from control.schemas import (
     KeyCreate,
     KeyCreated,
     KeyPublic,
+    KeyUpdate,
     ProjectCreate,
     ProjectPublic,
+    ProjectUpdate,
     Ref,
     UsagePublic,
     UTCDatetime,
@@ -208,7 +210,15 @@ def _routes() -> APIRouter:
         responses={409: {"model": ErrorResponse, "description": "Name taken"}},
     )
     async def create_project(body: ProjectCreate, session: Session) -> ProjectPublic:
-        return await projects.create_project(session, body.name)
+        return await projects.create_project(session, body)
+
+    @admin.patch("/projects/{name_or_id}", response_model=ProjectPublic, tags=["projects"])
+    async def update_project(
+        name_or_id: Annotated[Ref, Path(description="project name or id")], body: ProjectUpdate, session: Session
+    ) -> ProjectPublic:
+        """Change the project's budget; only the fields sent change, `null` removes one. Gateways
+        apply it within their key refresh interval."""
+        return await projects.update_project(session, name_or_id, body)
 
     @admin.get("/keys", response_model=Page[KeyPublic], tags=["keys"])
     async def list_keys(
@@ -221,6 +231,12 @@ def _routes() -> APIRouter:
     async def create_key(body: KeyCreate, session: Session) -> KeyCreated:
         """A new key. The response holds the secret (`key`): it is shown only this once."""
         return await keys.create_key(session, body)
+
+    @admin.patch("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
+    async def update_key(key_id: Annotated[Ref, Path()], body: KeyUpdate, session: Session) -> KeyPublic:
+        """Change a key's name, models, limits or budget; only the fields sent change, `null`
+        removes a limit. Gateways apply it within their key refresh interval."""
+        return await keys.update_key(session, key_id, body)
 
     @admin.delete("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
     async def revoke_key(key_id: Annotated[Ref, Path()], session: Session) -> KeyPublic:

@@ -1,4 +1,4 @@
-"""API keys: creating, listing and revoking them, and serving them to the gateway.
+"""API keys: creating, listing, updating and revoking them, and serving them to the gateway.
 
 Only :func:`serve.auth.hash_key` of a secret is stored. :func:`create_key` returns the secret
 once, in :class:`~control.schemas.KeyCreated`; nothing else ever sees it again.
@@ -9,8 +9,9 @@ once, in :class:`~control.schemas.KeyCreated`; nothing else ever sees it again.
 Example::
 
     async with sessions() as session:
-        created = await create_key(session, KeyCreate(project="my-app", rpm=60))
+        created = await create_key(session, KeyCreate(project="my-app", rpm=60, budget_usd=20))
         print(created.key)          # shown once
+        await update_key(session, created.id, KeyUpdate(model_limits={"chat-main": {"rpm": 10}}))
         await revoke_key(session, created.id)
 """
 
@@ -26,8 +27,8 @@ from control.db import create_engine, create_sessionmaker, parse_url
 from control.errors import AuthenticationFailed, BootstrapError, InvalidRequest, NotFound
 from control.models import ApiKey, Project, utcnow
 from control.projects import ensure_project, find_project
-from control.schemas import KeyCreate, KeyCreated, KeyPublic
-from serve.auth import ApiKeyInfo, display_prefix, hash_key, new_key
+from control.schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate, RateLimits
+from serve.auth import ApiKeyInfo, Budget, ModelLimit, display_prefix, hash_key, new_key
 
 ADMIN_PROJECT = "admin"
 DEFAULT_PROJECT = "default"
@@ -52,6 +53,10 @@ async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
         models=spec.models,
         rpm=spec.rpm,
         tpm=spec.tpm,
+        model_limits=_stored_model_limits(spec.model_limits),
+        budget_tokens=spec.budget_tokens,
+        budget_usd=spec.budget_usd,
+        budget_period=spec.budget_period,
         expires_at=expires_at,
         created_at=now,
         updated_at=now,
@@ -59,6 +64,23 @@ async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
     session.add(key)
     await session.commit()
     return KeyCreated(**public_key(key).model_dump(), key=secret)
+
+
+async def update_key(session: AsyncSession, key_id: str, spec: KeyUpdate) -> KeyPublic:
+    """Change the fields given in ``spec`` (``None`` clears); gateways follow within their
+    refresh interval. :class:`NotFound` if unknown."""
+    key = await session.get(ApiKey, key_id, options=[selectinload(ApiKey.project)])
+    if key is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+    changes = spec.model_dump(include=spec.model_fields_set)
+    if "model_limits" in changes:
+        changes["model_limits"] = _stored_model_limits(spec.model_limits)
+    if changes:
+        for field, value in changes.items():
+            setattr(key, field, value)
+        key.updated_at = utcnow()
+        await session.commit()
+    return public_key(key)
 
 
 async def list_keys(session: AsyncSession, *, project: str | None = None) -> list[KeyPublic]:
@@ -104,6 +126,10 @@ def public_key(key: ApiKey) -> KeyPublic:
         models=key.models,
         rpm=key.rpm,
         tpm=key.tpm,
+        model_limits=key.model_limits,
+        budget_tokens=key.budget_tokens,
+        budget_usd=key.budget_usd,
+        budget_period=key.budget_period,
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
         created_at=key.created_at,
@@ -137,22 +163,26 @@ class DatabaseKeySource:
         return f"DatabaseKeySource({shown!r})"
 
     async def fingerprint(self) -> str:
-        """Changes when a key is created, revoked or updated: count, revoked count, last update."""
-        query = select(func.count(ApiKey.id), func.count(ApiKey.revoked_at), func.max(ApiKey.updated_at))
+        """Changes when a key is created, revoked or updated, or a project updated (budgets):
+        key count, revoked count, last key update, last project update."""
+        last_project = select(func.max(Project.updated_at)).scalar_subquery()
+        query = select(
+            func.count(ApiKey.id), func.count(ApiKey.revoked_at), func.max(ApiKey.updated_at), last_project
+        )
         async with self._engine_().connect() as conn:
-            total, revoked, last = (await conn.execute(query)).one()
-        return f"{total}:{revoked}:{last.isoformat() if last is not None else '-'}"
+            total, revoked, last, last_project_change = (await conn.execute(query)).one()
+        return f"{total}:{revoked}:{_iso(last)}:{_iso(last_project_change)}"
 
     async def load_active(self) -> dict[str, ApiKeyInfo]:
         """Every key not revoked, by hash; expired ones too, with ``expires_at`` for the gateway."""
         query = (
-            select(ApiKey, Project.name)
+            select(ApiKey, Project)
             .join(Project, ApiKey.project_id == Project.id)
             .where(ApiKey.revoked_at.is_(None))
         )
         async with AsyncSession(self._engine_()) as session:
             rows = (await session.execute(query)).all()
-        return {key.key_hash: _info(key, project_name) for key, project_name in rows}
+        return {key.key_hash: _info(key, project) for key, project in rows}
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -165,17 +195,40 @@ class DatabaseKeySource:
         return self._engine
 
 
-def _info(key: ApiKey, project_name: str) -> ApiKeyInfo:
+def _info(key: ApiKey, project: Project) -> ApiKeyInfo:
     return ApiKeyInfo(
         key_id=key.id,
         project_id=key.project_id,
-        project=project_name,
+        project=project.name,
         is_admin=key.is_admin,
         models=tuple(key.models) if key.models is not None else None,
         rpm=key.rpm,
         tpm=key.tpm,
         expires_at=key.expires_at.timestamp() if key.expires_at is not None else None,
+        model_limits=tuple(
+            ModelLimit(model, limit.get("rpm"), limit.get("tpm"))
+            for model, limit in sorted((key.model_limits or {}).items())
+        ),
+        budget=_budget(key),
+        project_budget=_budget(project),
     )
+
+
+def _budget(row: ApiKey | Project) -> Budget | None:
+    if row.budget_tokens is None and row.budget_usd is None:
+        return None
+    return Budget(tokens=row.budget_tokens, usd=row.budget_usd, period=row.budget_period)  # type: ignore[arg-type]
+
+
+def _stored_model_limits(limits: dict[str, RateLimits] | None) -> dict[str, dict[str, int]] | None:
+    """The JSON column's form: only the limits set; no entries at all is stored as None."""
+    if not limits:
+        return None
+    return {model: limit.model_dump(exclude_none=True) for model, limit in limits.items()}
+
+
+def _iso(when) -> str:
+    return when.isoformat() if when is not None else "-"
 
 
 async def bootstrap_admin(url: str, admin_key: str | None) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -62,7 +62,13 @@ class Project(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("proj"))
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # A budget shared by every key of the project, per calendar period (UTC); None: no budget.
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month", server_default="month")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Bumped on every change: the gateway's key source watches it too (project budgets).
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="project")
 
@@ -79,6 +85,11 @@ class ApiKey(Base):
     models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # None: every model
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
+    # {"model": {"rpm": 60, "tpm": 100000}} on top of rpm/tpm; None: no per-model limits
+    model_limits: Mapped[dict[str, dict[str, int]] | None] = mapped_column(JSON(none_as_null=True))
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month", server_default="month")
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,4 +1,5 @@
-"""Projects: the unit that owns API keys and that usage is reported by.
+"""Projects: the unit that owns API keys, that usage is reported by, and that may have a budget
+shared by all its keys.
 
 Every function takes an open :class:`~sqlalchemy.ext.asyncio.AsyncSession`; the ones that
 change data commit before they return.
@@ -11,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control.errors import Conflict, NotFound
-from control.models import Project
-from control.schemas import ProjectPublic
+from control.models import Project, utcnow
+from control.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
 
 
 async def list_projects(session: AsyncSession) -> list[ProjectPublic]:
@@ -20,17 +21,41 @@ async def list_projects(session: AsyncSession) -> list[ProjectPublic]:
     return [ProjectPublic.model_validate(p) for p in rows]
 
 
-async def create_project(session: AsyncSession, name: str) -> ProjectPublic:
-    """A new project; :class:`Conflict` if the name is taken."""
+async def create_project(session: AsyncSession, spec: ProjectCreate | str) -> ProjectPublic:
+    """A new project (``spec`` may be just its name); :class:`Conflict` if the name is taken."""
+    if isinstance(spec, str):
+        spec = ProjectCreate(name=spec)
+    name = spec.name
     if await _by_name(session, name) is not None:
         raise Conflict(f"a project named {name!r} already exists", param="name", code="project_exists")
-    project = Project(name=name)
+    now = utcnow()
+    project = Project(
+        name=name,
+        budget_tokens=spec.budget_tokens,
+        budget_usd=spec.budget_usd,
+        budget_period=spec.budget_period,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(project)
     try:
         await session.commit()
     except IntegrityError as exc:  # created by a concurrent request since the check above
         await session.rollback()
         raise Conflict(f"a project named {name!r} already exists", param="name", code="project_exists") from exc
+    return ProjectPublic.model_validate(project)
+
+
+async def update_project(session: AsyncSession, ref: str, spec: ProjectUpdate) -> ProjectPublic:
+    """Change the budget fields given in ``spec`` (``None`` clears) of the project named or with
+    id ``ref``; gateways follow within their refresh interval."""
+    project = await find_project(session, ref, param="name_or_id")
+    changes = spec.model_dump(include=spec.model_fields_set)
+    if changes:
+        for field, value in changes.items():
+            setattr(project, field, value)
+        project.updated_at = utcnow()
+        await session.commit()
     return ProjectPublic.model_validate(project)
 
 

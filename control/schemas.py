@@ -8,7 +8,7 @@ responses and never carry a key hash. The secret of a key appears in exactly one
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -36,6 +36,9 @@ KeyName = Annotated[str, StringConstraints(max_length=100, pattern=_PRINTABLE)]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 """An id or a name in a URL: what ids and project names are made of."""
 Limit = Annotated[int, Field(gt=0, le=2**31 - 1)]
+BudgetTokens = Annotated[int, Field(gt=0, le=2**63 - 1)]
+BudgetUsd = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+BudgetPeriod = Literal["day", "month"]
 
 
 class _Request(BaseModel):
@@ -46,24 +49,68 @@ class _Response(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class ProjectCreate(_Request):
+class RateLimits(BaseModel):
+    """Limits of a key on one model, on top of the key's own ``rpm``/``tpm``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: Limit | None = Field(default=None, description="requests per minute on this model")
+    tpm: Limit | None = Field(default=None, description="tokens per minute on this model")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimits:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("give rpm, tpm or both")
+        return self
+
+
+ModelLimits = Annotated[dict[ModelName, RateLimits], Field(max_length=256)]
+
+
+class _Budget(BaseModel):
+    """A budget per calendar period (UTC): tokens, US dollars, or both; omit both for none."""
+
+    budget_tokens: BudgetTokens | None = Field(
+        default=None, description="prompt + completion tokens per period; omit for no token budget"
+    )
+    budget_usd: BudgetUsd | None = Field(
+        default=None, description="US dollars per period, at the gateway's model pricing; omit for no cost budget"
+    )
+    budget_period: BudgetPeriod = Field(default="month", description="'day' or 'month', calendar periods in UTC")
+
+
+class ProjectCreate(_Request, _Budget):
     name: ProjectName
+
+
+class ProjectUpdate(_Request, _Budget):
+    """Only the fields given change; ``null`` removes a budget."""
 
 
 class ProjectPublic(_Response):
     id: str
     name: str
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
     created_at: datetime
+    updated_at: datetime
 
 
-class KeyCreate(_Request):
+ModelList = Annotated[list[ModelName], Field(min_length=1, max_length=256)]
+
+
+class KeyCreate(_Request, _Budget):
     project: ProjectName = Field(default="default", description="project name; created if missing")
     name: KeyName | None = None
-    models: Annotated[list[ModelName], Field(min_length=1, max_length=256)] | None = Field(
-        default=None, description="models this key may use; omit for every model"
-    )
+    models: ModelList | None = Field(default=None, description="models this key may use; omit for every model")
     rpm: Limit | None = Field(default=None, description="requests per minute; omit for no limit")
     tpm: Limit | None = Field(default=None, description="tokens per minute; omit for no limit")
+    model_limits: ModelLimits | None = Field(
+        default=None,
+        description="per-model limits on top of rpm/tpm",
+        examples=[{"chat-main": {"rpm": 60, "tpm": 100000}}],
+    )
     expires_at: UTCDatetime | None = Field(default=None, description="ISO 8601; naive times are UTC")
     expires_in_days: Annotated[float, Field(gt=0, le=36500)] | None = None
 
@@ -72,6 +119,17 @@ class KeyCreate(_Request):
         if self.expires_at is not None and self.expires_in_days is not None:
             raise ValueError("give expires_at or expires_in_days, not both")
         return self
+
+
+class KeyUpdate(_Request, _Budget):
+    """Only the fields given change; ``null`` removes a limit or budget (``models: null``: every
+    model). ``model_limits`` replaces the whole map."""
+
+    name: KeyName | None = None
+    models: ModelList | None = None
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    model_limits: ModelLimits | None = None
 
 
 class KeyPublic(_Response):
@@ -84,6 +142,10 @@ class KeyPublic(_Response):
     models: list[str] | None
     rpm: int | None
     tpm: int | None
+    model_limits: dict[str, RateLimits] | None = None
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime

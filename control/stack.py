@@ -101,6 +101,7 @@ class Stack:
                 metrics=metrics,
                 settings=self.config.gateway,
                 metrics_settings=self.config.metrics,
+                limits=self.config.limits,
             ),
             name="gateway",
             route_prefix="/v1",

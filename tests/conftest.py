@@ -8,6 +8,10 @@
 - ``database_url``: parametrised over ``sqlite`` (a file in ``tmp_path``) and ``postgres`` (a new
   database on that server, dropped afterwards), migrated to head with ``control.db.migrate``
   (PostgreSQL: copied from a template database migrated once per session).
+- ``redis_url`` (session): starts ``redis-server`` from ``PATH`` on a free port, without
+  persistence, in a temporary directory, and yields ``redis://127.0.0.1:PORT/0``. Skipped
+  without the binary unless ``$CI`` is set: then it fails. Tests share the server, so each uses
+  its own key prefix.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pytest
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_START_TIMEOUT_S = 60
+REDIS_START_TIMEOUT_S = 30
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +96,53 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 _MIGRATED_TEMPLATES: dict[str, str] = {}  # postgres_url -> a database migrated to head
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the Redis tests")
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="foundry-redis-"))
+    log = root / "redis.log"
+    port = _free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(root), "--logfile", str(log)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_redis_answers(port, proc, log)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_until_redis_answers(port: int, proc: subprocess.Popen, log: Path) -> None:
+    import redis
+
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server did not answer PING in {REDIS_START_TIMEOUT_S}s:\n{tail}")
+            time.sleep(0.05)  # polling a condition, bounded by the deadline above
+    finally:
+        client.close()
 
 
 def _run(cmd: list[str], log: Path) -> None:

@@ -9,6 +9,9 @@ Example::
 
     export FOUNDRY_ADMIN_KEY=sk-fnd-...
     foundry keys create --project my-app --models foundry-tiny --rpm 60
+    foundry keys create --project my-app --model-limit chat-main:30:50000 --budget-usd 20 --budget-period day
+    foundry keys update key_0123456789ab --tpm 100000 --clear rpm
+    foundry projects create team-a --budget-tokens 10000000
     foundry keys list --project my-app
     foundry usage --since 2025-01-01T00:00:00
 """
@@ -19,6 +22,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -43,16 +47,59 @@ ApiKeyOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+RpmOption = Annotated[int | None, typer.Option("--rpm", help="Requests per minute (default: no limit).")]
+TpmOption = Annotated[int | None, typer.Option("--tpm", help="Tokens per minute (default: no limit).")]
+ModelLimitOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-limit",
+        metavar="MODEL:RPM:TPM",
+        help="Limits on one model on top of --rpm/--tpm; leave RPM or TPM empty for none "
+        "(chat-main:60:, chat-main::100000). Repeat for more models.",
+    ),
+]
+BudgetTokensOption = Annotated[
+    int | None, typer.Option("--budget-tokens", help="Prompt + completion tokens per period (default: none).")
+]
+BudgetUsdOption = Annotated[
+    float | None, typer.Option("--budget-usd", help="US dollars per period, at the gateway's pricing (default: none).")
+]
+
+
+class Period(str, Enum):
+    day = "day"
+    month = "month"
+
+
+BudgetPeriodOption = Annotated[
+    Period | None, typer.Option("--budget-period", help="Budget period: calendar days or months, UTC (default: month).")
+]
+
+
+class KeyField(str, Enum):
+    models = "models"
+    rpm = "rpm"
+    tpm = "tpm"
+    model_limits = "model-limits"
+    budget_tokens = "budget-tokens"
+    budget_usd = "budget-usd"
+
+
+class ProjectField(str, Enum):
+    budget_tokens = "budget-tokens"
+    budget_usd = "budget-usd"
 
 
 def register(app: typer.Typer) -> None:
     keys = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
     keys.command("create")(keys_create)
     keys.command("list")(keys_list)
+    keys.command("update")(keys_update)
     keys.command("revoke")(keys_revoke)
-    projects = typer.Typer(help="List and create projects.", no_args_is_help=True)
+    projects = typer.Typer(help="List, create and update projects.", no_args_is_help=True)
     projects.command("list")(projects_list)
     projects.command("create")(projects_create)
+    projects.command("update")(projects_update)
     app.add_typer(keys, name="keys")
     app.add_typer(projects, name="projects")
     app.command("usage")(usage)
@@ -67,8 +114,12 @@ def keys_create(
     models: Annotated[
         str | None, typer.Option("--models", help="Comma-separated models the key may use (default: all).")
     ] = None,
-    rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute (default: no limit).")] = None,
-    tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens per minute (default: no limit).")] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    model_limit: ModelLimitOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_period: BudgetPeriodOption = None,
     expires_in_days: Annotated[
         float | None, typer.Option("--expires-in-days", help="Expire the key after this many days.")
     ] = None,
@@ -81,10 +132,17 @@ def keys_create(
     if name is not None:
         body["name"] = name
     if models is not None:
-        body["models"] = [m.strip() for m in models.split(",") if m.strip()]
-        if not body["models"]:
-            _fail("--models names no model; leave it out for every model")
-    for field, value in (("rpm", rpm), ("tpm", tpm), ("expires_in_days", expires_in_days)):
+        body["models"] = _models(models)
+    if model_limit:
+        body["model_limits"] = _model_limits(model_limit)
+    for field, value in (
+        ("rpm", rpm),
+        ("tpm", tpm),
+        ("budget_tokens", budget_tokens),
+        ("budget_usd", budget_usd),
+        ("budget_period", budget_period.value if budget_period else None),
+        ("expires_in_days", expires_in_days),
+    ):
         if value is not None:
             body[field] = value
     created = _Client(api, api_key).call("POST", "/keys", json=body)
@@ -110,7 +168,7 @@ def keys_list(
         _print_json(keys)
         return
     table = Table(title=f"API keys{f' of {project}' if project else ''}")
-    for column in ("id", "project", "name", "prefix", "models", "rpm", "tpm", "expires", "status"):
+    for column in ("id", "project", "name", "prefix", "models", "rpm", "tpm", "budget", "expires", "status"):
         table.add_column(column, overflow="fold")
     for k in keys:
         table.add_row(
@@ -121,10 +179,62 @@ def keys_list(
             ",".join(k["models"]) if k["models"] is not None else "all",
             _limit(k["rpm"]),
             _limit(k["tpm"]),
+            _budget(k) or "-",
             _when(k["expires_at"]) or "never",
             _status(k),
         )
     _console().print(table)
+
+
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `foundry keys list` shows it.")],
+    name: Annotated[str | None, typer.Option("--name", help="A new label.")] = None,
+    models: Annotated[str | None, typer.Option("--models", help="Comma-separated models the key may use.")] = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    model_limit: ModelLimitOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_period: BudgetPeriodOption = None,
+    clear: Annotated[
+        list[KeyField] | None,
+        typer.Option(
+            "--clear",
+            metavar="FIELD",
+            help="Remove a limit: models (then every model), rpm, tpm, model-limits, budget-tokens or "
+            "budget-usd. Repeat for more.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Change a key's models, limits or budget; what is not given stays. --model-limit replaces
+    every per-model limit. Gateways apply the change within seconds."""
+    body: dict[str, Any] = {field.value.replace("-", "_"): None for field in clear or ()}
+    if models is not None:
+        body["models"] = _models(models)
+    if model_limit:
+        body["model_limits"] = _model_limits(model_limit)
+    for field, value in (
+        ("name", name),
+        ("rpm", rpm),
+        ("tpm", tpm),
+        ("budget_tokens", budget_tokens),
+        ("budget_usd", budget_usd),
+        ("budget_period", budget_period.value if budget_period else None),
+    ):
+        if value is not None:
+            if field in body:
+                _fail(f"--{field.replace('_', '-')} and --clear {field.replace('_', '-')} contradict each other")
+            body[field] = value
+    if not body:
+        _fail("nothing to change: give --rpm, --tpm, --model-limit, --budget-*, --models, --name or --clear")
+    key = _Client(api, api_key).call("PATCH", f"/keys/{key_id}", json=body)
+    if as_json:
+        _print_json(key)
+        return
+    typer.echo(f"updated key {key['id']} ({key['prefix']}…) of project {key['project']}: {_limits(key)}")
 
 
 def keys_revoke(
@@ -148,25 +258,59 @@ def projects_list(as_json: JsonOption = False, api: ApiUrlOption = DEFAULT_API, 
         _print_json(projects)
         return
     table = Table(title="Projects")
-    for column in ("id", "name", "created"):
+    for column in ("id", "name", "budget", "created"):
         table.add_column(column, overflow="fold")
     for p in projects:
-        table.add_row(p["id"], p["name"], _when(p["created_at"]))
+        table.add_row(p["id"], p["name"], _budget(p), _when(p["created_at"]))
     _console().print(table)
 
 
 def projects_create(
     name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_' and '-'.")],
+    budget_tokens: BudgetTokensOption = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_period: BudgetPeriodOption = None,
     as_json: JsonOption = False,
     api: ApiUrlOption = DEFAULT_API,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Create a project."""
-    project = _Client(api, api_key).call("POST", "/projects", json={"name": name})
+    """Create a project, optionally with a budget shared by all its keys."""
+    body: dict[str, Any] = {"name": name, **_budget_body(budget_tokens, budget_usd, budget_period)}
+    project = _Client(api, api_key).call("POST", "/projects", json=body)
     if as_json:
         _print_json(project)
         return
-    typer.echo(f"created project {project['name']} ({project['id']})")
+    budget = _budget(project)
+    with_budget = f" with a budget of {budget}" if budget else ""
+    typer.echo(f"created project {project['name']} ({project['id']}){with_budget}")
+
+
+def projects_update(
+    project: Annotated[str, typer.Argument(help="The project's name or id.")],
+    budget_tokens: BudgetTokensOption = None,
+    budget_usd: BudgetUsdOption = None,
+    budget_period: BudgetPeriodOption = None,
+    clear: Annotated[
+        list[ProjectField] | None,
+        typer.Option("--clear", metavar="FIELD", help="Remove a budget: budget-tokens or budget-usd. Repeat for both."),
+    ] = None,
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Change a project's budget; what is not given stays. Gateways apply it within seconds."""
+    body: dict[str, Any] = {field.value.replace("-", "_"): None for field in clear or ()}
+    for field, value in _budget_body(budget_tokens, budget_usd, budget_period).items():
+        if field in body:
+            _fail(f"--{field.replace('_', '-')} and --clear {field.replace('_', '-')} contradict each other")
+        body[field] = value
+    if not body:
+        _fail("nothing to change: give --budget-tokens, --budget-usd, --budget-period or --clear")
+    updated = _Client(api, api_key).call("PATCH", f"/projects/{project}", json=body)
+    if as_json:
+        _print_json(updated)
+        return
+    typer.echo(f"updated project {updated['name']} ({updated['id']}): budget {_budget(updated) or 'none'}")
 
 
 def usage(
@@ -202,6 +346,43 @@ def usage(
             *(_ms(m[f]) for f in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")),
         )
     _console().print(table)
+
+
+# --- option parsing -------------------------------------------------------------------------
+
+
+def _models(models: str) -> list[str]:
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        _fail("--models names no model; leave it out for every model")
+    return names
+
+
+def _model_limits(specs: list[str]) -> dict[str, dict[str, int]]:
+    """``MODEL:RPM:TPM`` options as the API's ``model_limits``; the model may contain ':'."""
+    limits: dict[str, dict[str, int]] = {}
+    for spec in specs:
+        parts = spec.rsplit(":", 2)
+        if len(parts) != 3 or not parts[0].strip():
+            _fail(f"--model-limit {spec!r}: expected MODEL:RPM:TPM, e.g. chat-main:60:100000 or chat-main:60:")
+        model, rpm, tpm = parts[0].strip(), parts[1].strip(), parts[2].strip()
+        limit: dict[str, int] = {}
+        for field, text in (("rpm", rpm), ("tpm", tpm)):
+            if text:
+                if not text.isdigit():
+                    _fail(f"--model-limit {spec!r}: {field.upper()} must be a whole number, not {text!r}")
+                limit[field] = int(text)
+        if not limit:
+            _fail(f"--model-limit {spec!r}: give RPM, TPM or both")
+        if model in limits:
+            _fail(f"--model-limit: model {model!r} given twice")
+        limits[model] = limit
+    return limits
+
+
+def _budget_body(tokens: int | None, usd: float | None, period: Period | None) -> dict[str, Any]:
+    fields = {"budget_tokens": tokens, "budget_usd": usd, "budget_period": period.value if period else None}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 # --- the HTTP client -----------------------------------------------------------------------
@@ -266,6 +447,29 @@ def _print_json(data: Any) -> None:
 
 def _limit(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _budget(row: dict) -> str:
+    """``"1000000 tokens + $20/month"``, or "" without a budget."""
+    parts = []
+    if row.get("budget_tokens") is not None:
+        parts.append(f"{row['budget_tokens']} tokens")
+    if row.get("budget_usd") is not None:
+        parts.append(f"${row['budget_usd']:g}")
+    return f"{' + '.join(parts)}/{row['budget_period']}" if parts else ""
+
+
+def _limits(key: dict) -> str:
+    """A key's limits in one line, for people."""
+    parts = [f"{name} {key[name]}" for name in ("rpm", "tpm") if key[name] is not None]
+    for model, limit in (key.get("model_limits") or {}).items():
+        shown = ", ".join(f"{name} {limit[name]}" for name in ("rpm", "tpm") if limit.get(name) is not None)
+        parts.append(f"{model}: {shown}")
+    if budget := _budget(key):
+        parts.append(f"budget {budget}")
+    if key["models"] is not None:
+        parts.append("models " + ",".join(key["models"]))
+    return "; ".join(parts) or "no limits"
 
 
 def _ms(value: float | None) -> str:

@@ -20,10 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.deployment import Application
 
 from serve.auth import KeySource
-from serve.config import GatewayConfig, MetricsConfig, ModelConfig
+from serve.config import GatewayConfig, LimitsConfig, MetricsConfig, ModelConfig
 from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import error_body
 from serve.gateway.keycache import KeyCache
+from serve.gateway.ratelimit import build_limiter
 from serve.gateway.routing import ModelRoute, Router, Slot
 from serve.gateway.service import GatewayService, Reply
 from serve.gateway.telemetry import Telemetry
@@ -41,6 +42,7 @@ def create_app(
     metrics: MetricsClient,
     settings: GatewayConfig,
     metrics_settings: MetricsConfig,
+    limits: LimitsConfig = LimitsConfig(),
 ) -> FastAPI:
     """The gateway's FastAPI app. ``runtime_deployments`` maps runtime name → Serve deployment
     name; resources (handles, key cache, recorder) are created in the lifespan, in the replica."""
@@ -53,10 +55,17 @@ def create_app(
         recorder = MetricsRecorder(
             metrics, interval_s=metrics_settings.flush_interval_ms / 1000, max_rows=metrics_settings.flush_max_rows
         )
-        app.state.gateway = GatewayService(router=Router(routes), keys=keys, recorder=recorder, telemetry=Telemetry())
+        limiter = build_limiter(limits)
+        await limiter.start()
+        service = GatewayService(
+            router=Router(routes), keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry()
+        )
+        app.state.gateway = service
         try:
             yield
         finally:
+            await service.drain()
+            await limiter.close()
             await recorder.close()  # nothing recorded is lost on shutdown
             await keys.close()
             for route in routes.values():
@@ -108,6 +117,7 @@ def build_gateway(
     metrics: MetricsClient,
     settings: GatewayConfig,
     metrics_settings: MetricsConfig,
+    limits: LimitsConfig = LimitsConfig(),
 ) -> Application:
     # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
     def app() -> FastAPI:
@@ -118,6 +128,7 @@ def build_gateway(
             metrics=metrics,
             settings=settings,
             metrics_settings=metrics_settings,
+            limits=limits,
         )
 
     @serve.deployment(

@@ -42,10 +42,15 @@ class GatewayError(Exception):
         if retry_after_s is not None:
             self.retry_after_s = retry_after_s
 
+    _extra_headers: Mapping[str, str] = {}
+
+    @property
     def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"retry-after": str(max(1, round(self.retry_after_s)))}
+        """Response headers that go with this error (``retry-after``, ``x-ratelimit-*``)."""
+        headers = dict(self._extra_headers)
+        if self.retry_after_s is not None and "retry-after" not in headers:
+            headers["retry-after"] = str(max(1, round(self.retry_after_s)))
+        return headers
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.param, self.code)
@@ -92,7 +97,7 @@ class RateLimited(GatewayError):
         super().__init__(message)
         self.error_type = error_type
         self.retry_after_s = retry_after_s
-        self.headers = headers
+        self._extra_headers = headers
 
 
 class QuotaExceeded(GatewayError):
@@ -105,7 +110,7 @@ class QuotaExceeded(GatewayError):
     def __init__(self, message: str, *, retry_after_s: float, headers: Mapping[str, str]) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-        self.headers = headers
+        self._extra_headers = headers
 
 
 class LimitsUnavailable(GatewayError):

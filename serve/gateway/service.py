@@ -8,6 +8,7 @@ whatever happened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -19,6 +20,7 @@ from serve.auth import ApiKeyInfo
 from serve.gateway import wire
 from serve.gateway.errors import GatewayError, PermissionDenied
 from serve.gateway.keycache import KeyCache
+from serve.gateway.ratelimit import Limiter, Ticket
 from serve.gateway.routing import Opened, Outcome, Router, as_gateway_error
 from serve.gateway.schemas import (
     ChatCompletionRequest,
@@ -49,12 +51,13 @@ class Reply:
 class _Tracker:
     """Timing, tokens and routing outcome of one request; becomes its metrics row."""
 
-    __slots__ = ("rec", "t0", "outcome", "headers")
+    __slots__ = ("rec", "t0", "outcome", "headers", "ticket")
 
     def __init__(self, endpoint: str, request_id: str, raw: bytes | None) -> None:
         self.t0 = time.perf_counter()
         self.outcome = Outcome()
         self.headers = {"x-request-id": request_id}
+        self.ticket: Ticket | None = None
         self.rec = RequestRecord(
             request_id=request_id,
             ts=datetime.now(timezone.utc),
@@ -88,16 +91,20 @@ class _Tracker:
     def fail(self, err: GatewayError) -> None:
         self.rec.status = err.status_code
         self.rec.error_type = err.error_type
-        self.headers.update(err.headers())
+        self.headers.update(err.headers)
 
 
 class GatewayService:
-    def __init__(self, *, router: Router, keys: KeyCache, recorder: MetricsRecorder, telemetry: Telemetry) -> None:
+    def __init__(
+        self, *, router: Router, keys: KeyCache, limiter: Limiter, recorder: MetricsRecorder, telemetry: Telemetry
+    ) -> None:
         self._router = router
         self._keys = keys
+        self._limiter = limiter
         self._recorder = recorder
         self._telemetry = telemetry
         self._created = int(time.time())
+        self._settling: set[asyncio.Task] = set()
 
     # --- endpoints ---------------------------------------------------------------------------
 
@@ -114,6 +121,7 @@ class GatewayService:
             track.key(key)
             body = parse_body(raw, EmbeddingRequest)
             self._check_model(body.model, key)
+            await self._admit(track, key, body.model, sum(len(t) for t in body.texts) // 4 + 1, None)
             _, result = await self._router.embed(body.model, body.texts, track.outcome)
             track.routed()
             track.first_token()
@@ -138,7 +146,7 @@ class GatewayService:
         try:
             key = await self._keys.authenticate(authorization)
         except GatewayError as err:
-            return Reply(err.status_code, body=err.body(), headers=err.headers())
+            return Reply(err.status_code, body=err.body(), headers=err.headers)
         names = [m for m in self._router.routes if key.models is None or m in key.models]
         return Reply(200, body=wire.model_list(names, self._created))
 
@@ -156,6 +164,7 @@ class GatewayService:
             body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             self._check_model(body.model, key)
             track.rec.streamed = bool(body.stream)
+            await self._admit(track, key, body.model, _prompt_estimate(body, chat), body.token_limit)
             request = _generate_request(track.rec.request_id, body, chat)
             if body.stream:
                 opened = await self._router.open_stream(body.model, request, track.outcome)
@@ -232,6 +241,31 @@ class GatewayService:
         if key.models is not None and model not in key.models:
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
 
+    async def _admit(self, track: _Tracker, key: ApiKeyInfo, model: str, prompt_estimate: int, max_tokens) -> None:
+        """Reserve the request against the key's rate limits and budgets (429 when over)."""
+        pricing = self._router.route(model).config.pricing
+        track.ticket = await self._limiter.admit(
+            key, model, prompt_estimate, max_tokens or 0, cost_estimate_usd=prompt_estimate * pricing.input_per_1m / 1e6
+        )
+        track.headers.update(track.ticket.headers)
+
+    def _settle(self, track: _Tracker) -> None:
+        """Charge actual usage to the limits, off the response path."""
+        ticket = track.ticket
+        if ticket is None or not ticket.checks:
+            return
+        rec = track.rec
+        task = asyncio.get_running_loop().create_task(
+            self._limiter.settle(ticket, rec.prompt_tokens, rec.completion_tokens, rec.cost_usd)
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending settlements (shutdown)."""
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=10)
+
     def _reply(self, track: _Tracker, status: int, body: bytes) -> Reply:
         track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
         return Reply(status, body=body, headers=track.headers)
@@ -252,6 +286,7 @@ class GatewayService:
         if route is not None:
             pricing = route.config.pricing
             rec.cost_usd = (rec.prompt_tokens * pricing.input_per_1m + rec.completion_tokens * pricing.output_per_1m) / 1e6
+        self._settle(track)
         self._recorder.record(rec)
         self._telemetry.observe(
             model=rec.model if rec.model in self._router.routes else "unknown",
@@ -263,6 +298,13 @@ class GatewayService:
             prompt_tokens=rec.prompt_tokens,
             completion_tokens=rec.completion_tokens,
         )
+
+
+def _prompt_estimate(body, chat: bool) -> int:
+    """Tokens to reserve before the provider counts them: ~4 characters a token."""
+    if chat:
+        return sum(len(m.text()) // 4 + 4 for m in body.messages) + 2
+    return len(body.prompt_text) // 4 + 1
 
 
 def _generate_request(rid: str, body, chat: bool) -> GenerateRequest:

@@ -23,7 +23,8 @@ REPORT = UsageReport(
     errors=1,
     prompt_tokens=30,
     completion_tokens=12,
-    models=[ModelUsage("m", 3, 1, 30, 12, 10.0, 20.0, 5.0, 8.0)],
+    cost_usd=0.25,
+    models=[ModelUsage("m", 3, 1, 30, 12, 0.25, 10.0, 20.0, 5.0, 8.0)],
 )
 
 

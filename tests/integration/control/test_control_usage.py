@@ -77,4 +77,6 @@ async def test_usage_report_from_the_metrics_store(database_url: str, store: Chd
                                              until=datetime(2025, 2, 1, tzinfo=timezone.utc))).as_dict()  # fmt: skip
 
         nothing = (await api.get("/usage", params={"since": "2030-01-01T00:00:00Z"})).json()
-        assert nothing == {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "models": []}
+        assert nothing == {
+        "requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "models": []
+    }
