@@ -202,6 +202,30 @@ def test_cli_keys_lifecycle(stack):
         time.sleep(0.5)
 
 
+def test_rpm_is_exact_with_the_embedded_limiter(stack):
+    """No Redis configured: one Ray actor holds the counters."""
+    key = json.loads(stack.cli("keys", "create", "--project", "rl", "--rpm", "10", "--json").stdout)["key"]
+
+    async def run():
+        aclient = openai.AsyncOpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=120)
+
+        async def one():
+            try:
+                await aclient.completions.create(model="foundry-tiny", prompt="x", max_tokens=2)
+                return 200
+            except openai.RateLimitError:
+                return 429
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(15)))
+        finally:
+            await aclient.close()
+
+    sent(15)
+    statuses = asyncio.run(run())
+    assert sorted(statuses) == [200] * 10 + [429] * 5
+
+
 def _usage_requests(stack) -> tuple[int, int]:
     cli = json.loads(stack.cli("usage", "--json").stdout)["requests"]
     api = httpx.get(f"{stack.api_url}/usage", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
