@@ -46,16 +46,20 @@ def _measure(call, n: int) -> dict:
 
 
 def main(out_dir: Path) -> dict:
+    from control.config import default_config, ray_environment
+
+    cfg = default_config()
+    for name, value in ray_environment(cfg).items():
+        os.environ.setdefault(name, value)  # before ray.serve is imported
     from ray import serve
 
-    from control.config import default_config
+    from benchmarks.bench_gateway_vs_litellm import free_port
     from control.stack import Stack
     from serve.runtimes.deployment import build_runtime
 
     home = Path(tempfile.mkdtemp(prefix="foundry-bench-"))
     os.environ["FOUNDRY_ADMIN_KEY"] = ADMIN_KEY
-    port = 8765
-    cfg = default_config()
+    port = free_port()
     stack = Stack(cfg, home=home, port=port)
     stack.start()
     try:
