@@ -11,9 +11,10 @@ event streams, and the translation of httpx exceptions and HTTP error responses 
                                                            from the error body, Retry-After)
     anything else unreadable                            -> UpstreamProtocolError
 
-The client has a connect timeout and no read timeout of its own: the router bounds the time to
-the first token and the gaps between chunks by cancelling the stream, which closes the
-upstream response (and with it the connection, as the body was not read to the end).
+The aiohttp transport under the client (:mod:`serve.providers._aiohttp`) raises these same
+httpx exceptions. The client has a connect timeout and no read timeout of its own: the router
+bounds the time to the first token and the gaps between chunks by cancelling the stream, which
+closes the upstream response (and with it the connection, as the body was not read to the end).
 
 Credentials live only in the client's default headers. Error messages name the upstream by
 scheme, host and port, never carry a header, and have the credential (and anything that looks
@@ -31,7 +32,7 @@ from typing import Any
 import httpx
 import orjson
 
-from serve.providers._pool import ShardedTransport
+from serve.providers._aiohttp import AiohttpTransport
 from serve.providers._sse import ServerSentEvent, iter_events
 from serve.providers.errors import (
     ProviderError,
@@ -56,7 +57,8 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class UpstreamClient:
-    """A provider's pooled HTTP/1.1 connections to one upstream (:mod:`serve.providers._pool`).
+    """A provider's pooled HTTP/1.1 connections to one upstream: an httpx client over one
+    aiohttp session (:mod:`serve.providers._aiohttp`); ``transport`` replaces it in tests.
 
     ``headers`` (the credential among them) go on every request; ``params`` (Azure's
     ``api-version``) on every URL. ``secret`` is cut out of error messages.
@@ -89,8 +91,11 @@ class UpstreamClient:
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S, write=WRITE_TIMEOUT_S),
             follow_redirects=False,
             transport=transport
-            or ShardedTransport(
-                max_connections=max_connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S, https=url.scheme == "https"
+            or AiohttpTransport(
+                max_connections=max_connections,
+                keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                https=url.scheme == "https",
             ),
         )
 
