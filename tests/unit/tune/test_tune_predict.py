@@ -1,0 +1,129 @@
+"""`foundry predict` and the Predictor: the CSV contract, defaults, errors naming the row, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tune.cli import register
+from tune.errors import ArtifactError, InvalidInput, UnknownGPU, UnknownModel
+from tune.predictor import ARTIFACT_DIR, Predictor
+from tune.schema import INPUT_COLUMNS, PREDICTION_COLUMNS
+
+FULL_ROW = {
+    "backend": "vllm", "backend_version": "0.19.0", "model_path": "Qwen/Qwen3-235B-A22B-FP8",
+    "system": "h200_sxm", "precision": "fp8", "gemm_quant_mode": "fp8_block",
+    "moe_quant_mode": "fp8_block", "isl": 1024, "osl": 1024, "batch_size": 32, "tp_size": 4,
+    "pp_size": 1, "attention_dp_size": 1, "moe_tp_size": 4, "moe_ep_size": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load()
+
+
+@pytest.fixture()
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_shipped_artifacts_are_versioned_json_and_small():
+    meta = json.loads((ARTIFACT_DIR / "metadata.json").read_text())
+    assert meta["artifact_version"] >= 1 and len(meta["training_data_sha256"]) == 64
+    assert meta["feature_names"] and meta["calibration"]["tpot"]
+    total = sum(p.stat().st_size for p in ARTIFACT_DIR.glob("*.json"))
+    assert total < 5_000_000
+
+
+def test_predictions_follow_the_definitions(predictor: Predictor):
+    out = predictor.predict(pd.DataFrame([FULL_ROW, FULL_ROW | {"batch_size": 128}]))
+    assert list(out.columns) == INPUT_COLUMNS + PREDICTION_COLUMNS
+    ttft, tpot = out["pred_ttft_ms"].to_numpy(), out["pred_tpot_ms"].to_numpy()
+    assert np.all(ttft > 0) and np.all(tpot > 0)
+    np.testing.assert_allclose(out["pred_e2e_ms"], ttft + 1023 * tpot)
+    np.testing.assert_allclose(
+        out["pred_output_tps_per_gpu"], out["batch_size"] * 1024 / (out["pred_e2e_ms"] / 1000) / 4
+    )
+    assert tpot[1] > tpot[0]  # a 4x larger batch decodes more slowly per token
+
+
+def test_missing_optional_columns_take_defaults(predictor: Predictor):
+    minimal = {k: FULL_ROW[k] for k in ("model_path", "system", "isl", "osl", "batch_size", "tp_size")}
+    out = predictor.predict(pd.DataFrame([minimal | {"note": "kept"}]))
+    assert out.loc[0, "note"] == "kept"
+    assert set(out.columns) == set(minimal) | {"note", *PREDICTION_COLUMNS}
+
+
+def test_model_path_may_be_a_config_json(predictor: Predictor, tmp_path: Path):
+    config = {"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+              "vocab_size": 128256}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rows = [{"model_path": m, "system": "h100_sxm", "isl": 512, "osl": 128, "batch_size": 4,
+             "tp_size": 1} for m in (str(tmp_path), "meta-llama/Llama-3.1-8B-Instruct")]
+    out = predictor.predict(pd.DataFrame(rows))
+    assert out.loc[0, "pred_tpot_ms"] == pytest.approx(out.loc[1, "pred_tpot_ms"])
+
+
+def test_unknown_model_or_gpu_names_the_row(predictor: Predictor):
+    rows = pd.DataFrame([FULL_ROW, FULL_ROW | {"model_path": "acme/Unknown-7B"}])
+    with pytest.raises(UnknownModel, match=r"row 2: unknown model 'acme/Unknown-7B'"):
+        predictor.predict(rows)
+    rows = pd.DataFrame([FULL_ROW, FULL_ROW, FULL_ROW | {"system": "tpu_v5"}])
+    with pytest.raises(UnknownGPU, match=r"row 3: unknown GPU system 'tpu_v5'"):
+        predictor.predict(rows)
+    with pytest.raises(InvalidInput, match=r"row 1: batch_size must be a positive number"):
+        predictor.predict(pd.DataFrame([FULL_ROW | {"batch_size": "many"}]))
+    with pytest.raises(InvalidInput, match="missing required column"):
+        predictor.predict(pd.DataFrame([{"model_path": "x"}]))
+
+
+def test_prediction_speed_is_at_least_10k_rows_per_second(predictor: Predictor):
+    rows = pd.DataFrame([FULL_ROW | {"batch_size": b, "tp_size": t} for b in (1, 8, 64, 256)
+                         for t in (2, 4, 8)] * 1700)
+    best = float("inf")
+    for _ in range(3):  # a shared machine only ever slows a run down: keep the best
+        started = time.perf_counter()
+        predictor.predict(rows)
+        best = min(best, time.perf_counter() - started)
+    assert len(rows) / best >= 10_000
+
+
+def test_artifacts_of_another_version_are_refused(tmp_path: Path):
+    for path in ARTIFACT_DIR.glob("*.json"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    (tmp_path / "metadata.json").write_text(json.dumps(meta | {"artifact_version": 0}))
+    with pytest.raises(ArtifactError, match="retrain"):
+        Predictor.load(tmp_path)
+    with pytest.raises(ArtifactError, match="foundry tune train"):
+        Predictor.load(tmp_path / "empty")
+
+
+def test_cli_predict_writes_input_plus_predictions(cli: typer.Typer, tmp_path: Path):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame([FULL_ROW | {"id": "x1", "silicon_ttft_ms": 1.0}]).to_csv(src, index=False)
+    result = CliRunner().invoke(cli, ["predict", "--csv", str(src), "--out", str(dst)])
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(dst)
+    assert list(out.columns) == [*FULL_ROW, "id", "silicon_ttft_ms", *PREDICTION_COLUMNS]
+    assert out.loc[0, "id"] == "x1"
+
+
+def test_cli_predict_unknown_model_fails_naming_the_row(cli: typer.Typer, tmp_path: Path):
+    src = tmp_path / "in.csv"
+    pd.DataFrame([FULL_ROW, FULL_ROW | {"model_path": "acme/Nope"}]).to_csv(src, index=False)
+    result = CliRunner().invoke(cli, ["predict", "--csv", str(src), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code != 0
+    assert "row 2" in result.output and "acme/Nope" in result.output
+    assert not (tmp_path / "o.csv").exists()

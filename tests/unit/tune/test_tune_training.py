@@ -1,0 +1,94 @@
+"""Training recipe on a small synthetic data set: artifacts round-trip, CV schemes, row filter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune.errors import DataError
+from tune.perfdata import data_hash, load_measured
+from tune.predictor import Predictor
+from tune.roofline import roofline
+from tune.training import SCHEMES, cross_validate, train, usable_rows
+from tune.workload import resolve
+
+SMALL = {"n_estimators": 20, "max_depth": 3}
+
+
+def synthetic(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Rows whose 'measurements' are a known distortion of the roofline, with 5% noise."""
+    rng = np.random.default_rng(seed)
+    models = ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-32B", "openai/gpt-oss-120b"]
+    systems = ["h100_sxm", "h200_sxm", "b200_sxm"]
+    frame = pd.DataFrame({
+        "id": [f"r{i}" for i in range(n)],
+        "backend": rng.choice(["vllm", "sglang"], n),
+        "model_path": rng.choice(models, n), "system": rng.choice(systems, n),
+        "isl": rng.choice([512, 1024, 4096], n), "osl": rng.choice([128, 1024], n),
+        "batch_size": rng.choice([1, 4, 16, 64], n), "tp_size": rng.choice([2, 4, 8], n),
+    })
+    _, physics = resolve(frame)
+    r = roofline(physics)
+    noise = np.exp(rng.normal(0, 0.05, (2, n)))
+    frame["silicon_ttft_ms"] = (30 + 2.0 * r.ttft_ms + 0.5 * r.ttft_queued_ms) * noise[0]
+    frame["silicon_tpot_ms"] = (1.5 + 1.8 * r.tpot_ms) * noise[1]
+    return frame
+
+
+def test_train_save_load_round_trip(tmp_path: Path):
+    data = synthetic()
+    predictor = train(data, params=SMALL)
+    files = predictor.save(tmp_path)
+    assert sorted(p.name for p in files) == ["metadata.json", "tpot.json", "ttft.json"]
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["training_rows"] == len(data)
+    assert meta["training_data_sha256"] == data_hash(data.sample(frac=1, random_state=1))
+    loaded = Predictor.load(tmp_path)
+    a, b = predictor.predict(data), loaded.predict(data)
+    np.testing.assert_allclose(a["pred_tpot_ms"], b["pred_tpot_ms"], rtol=1e-5)
+    ape = np.abs(a["pred_tpot_ms"] / data["silicon_tpot_ms"] - 1)
+    assert ape.mean() < 0.10  # the calibrated physics captures the known distortion
+
+
+def test_training_is_reproducible():
+    data = synthetic(120)
+    a = train(data, params=SMALL, seed=3).predict(data)
+    b = train(data, params=SMALL, seed=3).predict(data)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_cross_validation_reports_every_scheme_and_metric():
+    report = cross_validate(synthetic(), params=SMALL)
+    assert tuple(report.results) == SCHEMES
+    for scheme in SCHEMES:
+        for target in ("ttft", "tpot"):
+            m = report.results[scheme][target]
+            assert set(m) == {"mape", "median_ape", "signed_mean_error", "n"}
+            assert m["n"] == 240 and 0 <= m["median_ape"] <= m["mape"] < 50
+    assert set(report.groups["leave_one_gpu_out"]) == {"h100_sxm", "h200_sxm", "b200_sxm"}
+    assert len(report.table_rows()) == 6
+
+
+def test_usable_rows_skips_unknown_models_and_systems():
+    data = synthetic(30)
+    data.loc[0, "system"] = "cpu"
+    data.loc[1, "model_path"] = "foundry-tiny"
+    kept, skipped = usable_rows(data)
+    assert len(kept) == 28 and len(skipped) == 2
+    assert any("system='cpu'" in line for line in skipped)
+
+
+def test_load_measured_reads_every_measured_csv_and_skips_others(tmp_path: Path):
+    synthetic(10).to_csv(tmp_path / "a.csv", index=False)
+    synthetic(5, seed=1).to_csv(tmp_path / "b.csv", index=False)
+    (tmp_path / "argonne.csv").write_text("Hardware,Latency\nA100,1.0\n")
+    frame = load_measured(tmp_path)
+    assert len(frame) == 15 and set(frame["source"]) == {"a.csv", "b.csv"}
+    with pytest.raises(DataError, match="no CSV"):
+        load_measured(tmp_path / "argonne.csv")
+    with pytest.raises(DataError, match="no such"):
+        load_measured(tmp_path / "missing")

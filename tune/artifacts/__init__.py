@@ -1,0 +1,1 @@
+"""Shipped predictor artifacts (JSON): boosters and metadata written by `foundry tune train`."""

@@ -1,0 +1,476 @@
+"""The optimizer's commands on the ``foundry`` CLI: ``predict``, ``optimize``, ``bench`` and the
+``tune`` group (``train``, ``cv``, ``models``, ``gpus``).
+
+Heavy libraries (pandas, xgboost, ray, httpx) are imported inside the commands so that
+``foundry --help`` stays fast. Every :class:`tune.errors.TuneError` ends the command with its
+message on stderr and exit status 1.
+
+Examples:
+    foundry predict --csv configs.csv --out predicted.csv
+    foundry optimize --model meta-llama/Llama-3.1-70B-Instruct --gpu h100_sxm,h200_sxm \\
+        --num-gpus 16 --isl 2048 --osl 512 --concurrency 256 --slo-ttft-ms 2000 --slo-tpot-ms 40
+    foundry optimize --candidates candidates.csv --slo-ttft-ms 500 --slo-tpot-ms 20 --json
+    foundry bench --base-url http://localhost:8000/v1 --model foundry-tiny --isl 128 --osl 32 \\
+        --concurrency 1,4,16 --requests 32 --out bench.csv
+    foundry tune train --data ../shared/perfdata
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["register"]
+
+err = Console(stderr=True)
+tune_app = typer.Typer(
+    help="Train and inspect the performance predictor.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``predict``, ``optimize``, ``bench`` and the ``tune`` group to ``app``."""
+    app.command("predict")(predict)
+    app.command("optimize")(optimize)
+    app.command("bench")(bench)
+    app.add_typer(tune_app, name="tune")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    from tune.errors import TuneError
+
+    try:
+        yield
+    except TuneError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _json(data: Any) -> None:
+    _out(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    from tune.errors import InvalidInput
+
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInput(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise InvalidInput(f"{option} needs at least one value")
+    return values
+
+
+def _predictor(artifacts: Path | None):  # noqa: ANN202
+    from tune.predictor import Predictor
+
+    return Predictor.load(artifacts)
+
+
+# ------------------------------------------------------------------------------------------
+# foundry predict
+# ------------------------------------------------------------------------------------------
+
+
+def predict(
+    csv_in: Annotated[Path, typer.Option("--csv", help="input CSV (measured-data columns)")],
+    out: Annotated[Path, typer.Option("--out", help="output CSV: input plus predictions")],
+    artifacts: Annotated[
+        Path | None, typer.Option("--artifacts", help="predictor artifacts directory")
+    ] = None,
+) -> None:
+    """Predict TTFT, TPOT, E2E and output tokens/s per GPU for every row of a CSV.
+
+    Adds pred_ttft_ms, pred_tpot_ms, pred_e2e_ms and pred_output_tps_per_gpu; every input
+    column is carried through. model_path is a catalog id or a config.json path.
+    """
+    with _errors():
+        import pandas as pd
+
+        from tune.errors import InvalidInput
+
+        try:
+            frame = pd.read_csv(csv_in, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise InvalidInput(f"cannot read {csv_in}: {exc}") from exc
+        result = _predictor(artifacts).predict(frame)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out, index=False)
+        err.print(f"{len(result)} rows -> {out}")
+
+
+# ------------------------------------------------------------------------------------------
+# foundry optimize
+# ------------------------------------------------------------------------------------------
+
+
+def optimize(
+    model: Annotated[str | None, typer.Option("--model", help="catalog id or config.json path")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU systems, comma-separated")] = None,
+    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="GPUs available (of the chosen type)")] = None,
+    isl: Annotated[int | None, typer.Option("--isl", help="input tokens per request")] = None,
+    osl: Annotated[int | None, typer.Option("--osl", help="output tokens per request")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="target concurrent requests")] = None,
+    slo_ttft_ms: Annotated[float, typer.Option("--slo-ttft-ms", help="TTFT SLO, ms")] = ...,  # type: ignore[assignment]
+    slo_tpot_ms: Annotated[float, typer.Option("--slo-tpot-ms", help="TPOT SLO, ms")] = ...,  # type: ignore[assignment]
+    slo_e2e_ms: Annotated[float | None, typer.Option("--slo-e2e-ms", help="E2E SLO, ms")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="throughput_per_gpu or cost")] = "throughput_per_gpu",
+    search: Annotated[str, typer.Option("--search", help="ga (NSGA-II) or grid")] = "ga",
+    candidates: Annotated[
+        Path | None, typer.Option("--candidates", help="choose among this CSV's rows instead")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="search seed")] = 0,
+    price: Annotated[
+        str | None, typer.Option("--price", help="hourly GPU prices, e.g. h100_sxm=2.5,l40s=0.9")
+    ] = None,
+    use_ray: Annotated[bool, typer.Option("--ray", help="drive the search with Ray Tune trials")] = False,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="benchmark each trial (foundry bench) via Ray Tune")
+    ] = False,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="endpoint for --measure")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="API key for --measure")] = None,
+    requests: Annotated[int, typer.Option("--requests", help="requests per trial for --measure")] = 16,
+    artifacts: Annotated[Path | None, typer.Option("--artifacts", help="predictor artifacts directory")] = None,
+) -> None:
+    """Find the deployment that meets the SLOs at the best throughput per GPU (or cost).
+
+    Two forms: --model/--gpu/--num-gpus/--isl/--osl/--concurrency searches the space of GPU
+    type, TP, PP, replicas, max_num_seqs, precision and prefill budget and prints the best
+    configuration, its vLLM and Ray Serve settings, and the Pareto front; --candidates CSV
+    picks the best row of the CSV and prints its id and predictions.
+    """
+    with _errors():
+        from tune.errors import InvalidInput
+
+        if candidates is not None:
+            _choose(candidates, slo_ttft_ms, slo_tpot_ms, artifacts)
+            return
+        missing = [
+            name for name, value in (("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
+                                     ("--isl", isl), ("--osl", osl), ("--concurrency", concurrency))
+            if value is None
+        ]
+        if missing:
+            raise InvalidInput(f"missing {', '.join(missing)} (or give --candidates CSV)")
+        if objective not in ("throughput_per_gpu", "cost"):
+            raise InvalidInput("--objective is throughput_per_gpu or cost")
+        if search not in ("ga", "grid"):
+            raise InvalidInput("--search is ga or grid")
+        _search(
+            model=model, gpu=gpu, num_gpus=num_gpus, isl=isl, osl=osl, concurrency=concurrency,
+            slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms,
+            objective=objective, search=search, as_json=as_json, seed=seed, price=price,
+            use_ray=use_ray or measure, measure=measure, base_url=base_url, api_key=api_key,
+            requests=requests, artifacts=artifacts,
+        )
+
+
+def _choose(path: Path, slo_ttft_ms: float, slo_tpot_ms: float, artifacts: Path | None) -> None:
+    import pandas as pd
+
+    from tune.errors import InvalidInput
+    from tune.optimize import choose_candidate
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+    _json(choose_candidate(frame, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
+                           predictor=_predictor(artifacts)))
+
+
+def _prices(text: str | None) -> dict[str, float]:
+    from tune.errors import InvalidInput
+
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidInput(f"--price entries are SYSTEM=USD, got {item!r}") from None
+    return out
+
+
+def _search(**kw: Any) -> None:
+    from pydantic import ValidationError
+
+    from tune.errors import InvalidInput
+    from tune.optimize import optimize as run_optimize
+    from tune.space import SearchSpace
+
+    try:
+        space = SearchSpace(
+            model=kw["model"], gpus=tuple(g.strip() for g in kw["gpu"].split(",") if g.strip()),
+            num_gpus=kw["num_gpus"], isl=kw["isl"], osl=kw["osl"], concurrency=kw["concurrency"],
+            slo_ttft_ms=kw["slo_ttft_ms"], slo_tpot_ms=kw["slo_tpot_ms"],
+            slo_e2e_ms=kw["slo_e2e_ms"], objective=kw["objective"],
+            price_per_hour_usd=_prices(kw["price"]),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"{'.'.join(str(p) for p in first['loc']) or 'input'}: {first['msg']}") from None
+    predictor = _predictor(kw["artifacts"])
+    evaluate = None
+    if kw["measure"]:
+        from tune.bench import BenchConfig, MeasuringEvaluator
+
+        if not kw["base_url"]:
+            raise InvalidInput("--measure needs --base-url (the endpoint to benchmark)")
+        template = BenchConfig(
+            base_url=kw["base_url"], model=space.model, isl=space.isl, osl=space.osl,
+            concurrency=(1,), requests=kw["requests"], api_key=kw["api_key"],
+        )
+        evaluate = MeasuringEvaluator(space, template)
+    result = run_optimize(
+        space, search=kw["search"], seed=kw["seed"], predictor=predictor,
+        driver="ray" if kw["use_ray"] else "inprocess", evaluate=evaluate,
+        search_options={"population_size": 16, "generations": 6} if kw["use_ray"]
+        and kw["search"] == "ga" else None,
+    )
+    if kw["as_json"]:
+        _json(result.to_json())
+        return
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    from rich.table import Table
+
+    from tune.deploy import deployment_spec
+
+    out = Console()
+    best = result.best
+    verdict = "meets the SLOs" if best.meets_slo else "closest to the SLOs (none meets them)"
+    out.print(f"[bold]Best configuration[/bold] ({verdict}; {result.evaluated} evaluated of "
+              f"{result.space.size}, {result.search}, {result.seconds:.2f} s)")
+    table = Table(show_header=False)
+    for key, value in best.as_dict().items():
+        table.add_row(key, str(value))
+    out.print(table)
+    spec = deployment_spec(result.space.model, best, isl=result.space.isl, osl=result.space.osl)
+    out.print("[bold]vLLM engine args[/bold]", json.dumps(spec["vllm"]))
+    out.print("[bold]Ray Serve deployment[/bold]", json.dumps(spec["ray_serve"]))
+    front = Table(title="Pareto front (SLO-meeting; throughput per GPU vs TPOT)")
+    for col in ("gpu", "tp", "pp", "replicas", "max_num_seqs", "precision", "TTFT ms",
+                "TPOT ms", "tok/s/GPU", "$/Mtok"):
+        front.add_column(col)
+    for e in result.front:
+        c = e.candidate
+        front.add_row(c.gpu, str(c.tp), str(c.pp), str(c.replicas), str(c.max_num_seqs),
+                      c.precision, f"{e.ttft_ms:.0f}", f"{e.tpot_ms:.1f}",
+                      f"{e.output_tps_per_gpu:.0f}", f"{e.cost_per_million_tokens_usd:.3f}")
+    out.print(front)
+
+
+# ------------------------------------------------------------------------------------------
+# foundry bench
+# ------------------------------------------------------------------------------------------
+
+
+def bench(
+    base_url: Annotated[str, typer.Option("--base-url", help="OpenAI-compatible base URL (…/v1)")],
+    model: Annotated[str, typer.Option("--model", help="model name sent in requests")],
+    isl: Annotated[int, typer.Option("--isl", help="prompt tokens per request")],
+    osl: Annotated[int, typer.Option("--osl", help="max output tokens per request")],
+    concurrency: Annotated[str, typer.Option("--concurrency", help="levels, e.g. 1,4,16")] = "1",
+    requests: Annotated[int, typer.Option("--requests", help="requests per level")] = 32,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="bearer token")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="append rows to this CSV")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="tokenizer.json or its directory (exact prompt lengths)")
+    ] = None,
+    system: Annotated[str, typer.Option("--system", help="system name recorded in the rows")] = "cpu",
+    model_path: Annotated[
+        str | None, typer.Option("--model-path", help="catalog id recorded as model_path")
+    ] = None,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="chat or completions")] = "chat",
+    tp: Annotated[int, typer.Option("--tp", help="tensor parallelism recorded in the rows")] = 1,
+    ignore_eos: Annotated[
+        bool, typer.Option("--ignore-eos", help="send vLLM's ignore_eos to force osl tokens")
+    ] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="per-request timeout")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+) -> None:
+    """Closed-loop streaming load: TTFT, TPOT/ITL, E2E percentiles and throughput per level.
+
+    Writes rows in the measured-data schema (--out), which `foundry tune train --data` reads.
+    """
+    with _errors():
+        import asyncio
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from tune.bench import BenchConfig, bench_rows, run_bench, write_rows
+
+        config = BenchConfig(
+            base_url=base_url, model=model, isl=isl, osl=osl,
+            concurrency=_ints(concurrency, "--concurrency"), requests=requests, api_key=api_key,
+            endpoint=endpoint,  # type: ignore[arg-type]
+            tokenizer=tokenizer, system=system, model_path=model_path, tp_size=tp,
+            timeout_s=timeout_s, ignore_eos=ignore_eos,
+        )
+        with Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=False) as progress:
+            tasks = {
+                level: progress.add_task(f"concurrency {level}", total=requests)
+                for level in config.concurrency
+            }
+            update: Callable[[int, Any], None] = lambda level, _r: progress.advance(tasks[level])
+            results = asyncio.run(run_bench(config, on_done=update))
+        rows = bench_rows(config, results)
+        if out is not None:
+            write_rows(rows, out)
+            err.print(f"{len(rows)} rows -> {out}")
+        if as_json:
+            _json(rows)
+        else:
+            _print_bench(rows)
+
+
+def _print_bench(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="foundry bench")
+    columns = [
+        ("concurrency", "batch_size", "{:.0f}"), ("ok", "requests_ok", "{:.0f}"),
+        ("failed", "requests_failed", "{:.0f}"), ("TTFT mean", "silicon_ttft_ms", "{:.1f}"),
+        ("TTFT p99", "ttft_p99_ms", "{:.1f}"), ("TPOT mean", "silicon_tpot_ms", "{:.2f}"),
+        ("ITL p99", "itl_p99_ms", "{:.2f}"), ("E2E p50", "e2e_p50_ms", "{:.0f}"),
+        ("E2E p99", "e2e_p99_ms", "{:.0f}"), ("out tok/s", "output_tps", "{:.1f}"),
+        ("req/s", "requests_per_s", "{:.2f}"),
+    ]
+    for title, _, _ in columns:
+        table.add_column(title, justify="right")
+    for row in rows:
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------------------
+# foundry tune ...
+# ------------------------------------------------------------------------------------------
+
+
+def _load_data(data: Path | None):  # noqa: ANN202
+    from tune.perfdata import default_data_dir, load_measured
+    from tune.training import usable_rows
+
+    frame = load_measured(data or default_data_dir())
+    frame, skipped = usable_rows(frame)
+    for line in skipped:
+        err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+    return frame
+
+
+def _print_cv(report: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Cross-validation ({report.rows} rows; pooled out-of-fold errors)")
+    for col in ("scheme", "target", "MAPE", "median APE", "signed mean error"):
+        table.add_column(col, justify="right" if col != "scheme" else "left")
+    for row in report.table_rows():
+        table.add_row(*row)
+    Console().print(table)
+
+
+@tune_app.command("train")
+def train(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="measured-data CSV or directory (default: $FOUNDRY_PERFDATA or ../shared/perfdata)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="artifacts directory (default: the package's tune/artifacts)")
+    ] = None,
+    cv: Annotated[bool, typer.Option("--cv/--no-cv", help="run and record cross-validation")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train the TTFT/TPOT predictor and write its versioned JSON artifacts (+ CV report)."""
+    with _errors():
+        from tune.training import cross_validate
+        from tune.training import train as fit
+
+        frame = _load_data(data)
+        report = None
+        if cv:
+            err.print(f"cross-validating on {len(frame)} rows ...")
+            report = cross_validate(frame, seed=seed)
+            _print_cv(report)
+        predictor = fit(frame, seed=seed, cv=report)
+        for path in predictor.save(out):
+            err.print(f"wrote {path}")
+
+
+@tune_app.command("cv")
+def cv_command(
+    data: Annotated[Path | None, typer.Option("--data", help="measured-data CSV or directory")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Cross-validate the predictor recipe: random, leave-one-model-out, leave-one-GPU-out."""
+    with _errors():
+        from tune.training import cross_validate
+
+        report = cross_validate(_load_data(data), seed=seed)
+        if as_json:
+            _json(report.to_json())
+        else:
+            _print_cv(report)
+
+
+@tune_app.command("models")
+def models() -> None:
+    """List the built-in model catalog (parameters and KV bytes per token)."""
+    from rich.table import Table
+
+    from tune.architectures import CATALOG
+
+    table = Table(title="Model catalog")
+    for col in ("id", "family", "layers", "total B", "active B", "KV KiB/token (bf16)"):
+        table.add_column(col)
+    for key in sorted(CATALOG):
+        a = CATALOG[key]
+        table.add_row(a.name, a.family, str(a.num_layers), f"{a.total_params / 1e9:.1f}",
+                      f"{a.active_params / 1e9:.1f}", f"{a.kv_bytes_per_token() / 1024:.1f}")
+    Console().print(table)
+
+
+@tune_app.command("gpus")
+def gpus() -> None:
+    """List the GPU catalog (dense TFLOP/s, HBM, memory, interconnect, price)."""
+    from rich.table import Table
+
+    from tune.hardware import GPUS
+
+    table = Table(title="GPU catalog (per GPU, dense tensor-core figures)")
+    for col in ("system", "bf16 TFLOP/s", "fp8", "fp4", "HBM GB/s", "GB", "link GB/s",
+                "NVLink domain", "$/h"):
+        table.add_column(col)
+    for g in GPUS.values():
+        table.add_row(g.name, f"{g.bf16_dense_tflops:.0f}", f"{g.fp8_dense_tflops or 0:.0f}",
+                      f"{g.fp4_dense_tflops or 0:.0f}", f"{g.hbm_bandwidth_gbs:.0f}",
+                      f"{g.memory_gb:.0f}", f"{g.interconnect_gbs:.0f}",
+                      str(g.nvlink_domain_gpus), f"{g.price_per_hour_usd:.2f}")
+    Console().print(table)
