@@ -24,13 +24,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Generic, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -78,6 +78,14 @@ class UsageSource(Protocol):
     async def usage(
         self, *, since: datetime | None, until: datetime | None, project_id: str | None
     ) -> UsageReport: ...
+
+    async def insert_benchmarks(self, rows: list[dict]) -> int: ...
+
+    async def benchmarks(self, *, model_path: str | None = None) -> list[dict]: ...
+
+
+class BenchmarkRows(BaseModel):
+    rows: list[dict[str, Any]] = Field(max_length=10_000)
 
 
 class Page(BaseModel, Generic[T]):
@@ -268,6 +276,28 @@ def _routes() -> APIRouter:
         except MetricsBackendError as exc:
             raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
         return UsagePublic.of(report)
+
+    @admin.post("/benchmarks", status_code=201, tags=["benchmarks"])
+    async def record_benchmarks(request: Request, body: BenchmarkRows) -> dict[str, int]:
+        """Store `foundry bench` rows (the measured-data schema) in the metrics store."""
+        try:
+            inserted = await asyncio.wait_for(request.app.state.usage.insert_benchmarks(body.rows), USAGE_TIMEOUT_S)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="rows") from None
+        except (TimeoutError, MetricsBackendError) as exc:
+            raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
+        return {"inserted": inserted}
+
+    @admin.get("/benchmarks", tags=["benchmarks"])
+    async def list_benchmarks(
+        request: Request, model_path: Annotated[str | None, Query(description="only this model")] = None
+    ) -> dict:
+        """Stored benchmark rows, oldest first; `foundry tune train` reads the same columns."""
+        try:
+            rows = await asyncio.wait_for(request.app.state.usage.benchmarks(model_path=model_path), USAGE_TIMEOUT_S)
+        except (TimeoutError, MetricsBackendError) as exc:
+            raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
+        return {"object": "list", "data": rows}
 
     router.include_router(admin)
     return router

@@ -313,6 +313,12 @@ def bench(
     ] = False,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="per-request timeout")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="also store the rows in the stack's metrics store")
+    ] = True,
+    api: Annotated[
+        str, typer.Option("--api", envvar="FOUNDRY_API", help="control API that stores the rows")
+    ] = "http://127.0.0.1:8000/api",
 ) -> None:
     """Closed-loop streaming load: TTFT, TPOT/ITL, E2E percentiles and throughput per level.
 
@@ -344,10 +350,32 @@ def bench(
         if out is not None:
             write_rows(rows, out)
             err.print(f"{len(rows)} rows -> {out}")
+        if record:
+            err.print(_record_rows(rows, api))
         if as_json:
             _json(rows)
         else:
             _print_bench(rows)
+
+
+def _record_rows(rows: list[dict[str, Any]], api: str) -> str:
+    """POST the rows to the control API (admin key from FOUNDRY_API_KEY / FOUNDRY_ADMIN_KEY).
+    The benchmark's own result stands either way, so a failure here is a note, not an error."""
+    import os
+
+    import httpx
+
+    key = os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY")
+    if not key:
+        return "rows not stored in the metrics store: set FOUNDRY_ADMIN_KEY (or pass --no-record)"
+    try:
+        r = httpx.post(f"{api.rstrip('/')}/benchmarks", json={"rows": rows},
+                       headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+    except httpx.HTTPError as exc:
+        return f"rows not stored in the metrics store: cannot reach {api} ({type(exc).__name__})"
+    if r.status_code != 201:
+        return f"rows not stored in the metrics store: the control API answered {r.status_code}"
+    return f"{r.json()['inserted']} rows stored in the metrics store ({api}/benchmarks)"
 
 
 def _print_bench(rows: list[dict[str, Any]]) -> None:

@@ -47,6 +47,12 @@ class MetricsActor:
     async def count(self) -> int:
         return await self._store.count()
 
+    async def insert_benchmarks(self, rows: list[dict]) -> int:
+        return await self._store.insert_benchmarks(rows)
+
+    async def benchmarks(self, model_path: str | None = None) -> list[dict]:
+        return await self._store.benchmarks(model_path=model_path)
+
     async def ready(self) -> bool:
         return True
 
@@ -72,6 +78,12 @@ class MetricsClient:
 
     async def count(self) -> int:
         return await asyncio.wait_for(self._actor.count.remote(), CALL_TIMEOUT_S)
+
+    async def insert_benchmarks(self, rows: list[dict]) -> int:
+        return await asyncio.wait_for(self._actor.insert_benchmarks.remote(rows), CALL_TIMEOUT_S)
+
+    async def benchmarks(self, *, model_path: str | None = None) -> list[dict]:
+        return await asyncio.wait_for(self._actor.benchmarks.remote(model_path), CALL_TIMEOUT_S)
 
 
 class MetricsRecorder:

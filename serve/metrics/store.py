@@ -50,6 +50,22 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 ORDER BY (model, ts)
 """
 
+BENCH_TABLE = "benchmarks"
+# The measured-data schema (tune/'s training data, ../shared/perfdata/measured_serving.csv), so
+# measurements of live deployments retrain the predictor. Other columns travel in `extra` (JSON).
+BENCH_COLUMNS = {
+    "id": "String", "backend": "String", "backend_version": "String", "model_path": "String",
+    "system": "String", "precision": "String", "gemm_quant_mode": "String", "moe_quant_mode": "String",
+    "isl": "UInt32", "osl": "UInt32", "batch_size": "Float64", "tp_size": "Float64", "pp_size": "Float64",
+    "attention_dp_size": "Float64", "moe_tp_size": "Float64", "moe_ep_size": "Float64",
+    "silicon_ttft_ms": "Float64", "silicon_tpot_ms": "Float64",
+}  # fmt: skip
+_BENCH_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {BENCH_TABLE} (ts DateTime64(3, 'UTC'), "
+    + ", ".join(f"{name} {kind}" for name, kind in BENCH_COLUMNS.items())
+    + ", extra String) ENGINE = MergeTree ORDER BY (model_path, ts)"
+)
+
 # Columns added after the first release; applied to stores created before them.
 _UPGRADES = [
     f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS attempts UInt8",
@@ -162,6 +178,7 @@ class MetricsStore:
         self._backend = backend
         self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
         backend.command(_SCHEMA)
+        backend.command(_BENCH_SCHEMA)
         for statement in _UPGRADES:
             backend.command(statement)
 
@@ -222,6 +239,28 @@ class MetricsStore:
             models=models,
         )
 
+    async def insert_benchmarks(self, rows: list[dict]) -> int:
+        """Store ``foundry bench`` rows (measured-data schema; other keys kept in ``extra``)."""
+        if not rows:
+            return 0
+        now = _ts(datetime.now(timezone.utc))
+        payload = b"\n".join(_encode_bench(row, now) for row in rows)
+        async with self._lock:
+            await asyncio.to_thread(self._backend.insert_json_rows, BENCH_TABLE, payload)
+        return len(rows)
+
+    async def benchmarks(self, *, model_path: str | None = None) -> list[dict]:
+        where = f"WHERE model_path = {_quote(model_path)}" if model_path is not None else ""
+        sql = f"SELECT * FROM {BENCH_TABLE} {where} ORDER BY ts"
+        async with self._lock:
+            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        out = []
+        for row in rows:
+            extra = json.loads(row.pop("extra") or "{}")
+            row.pop("ts", None)
+            out.append({**row, **extra})
+        return out
+
     async def count(self) -> int:
         async with self._lock:
             rows = await asyncio.to_thread(self._backend.query_rows, f"SELECT count() AS n FROM {TABLE}")
@@ -248,6 +287,21 @@ def _encode(r: RequestRecord) -> bytes:
     d = r.as_dict()
     d["ts"] = _ts(r.ts)
     return json.dumps(d, separators=(",", ":")).encode()
+
+
+def _encode_bench(row: dict, now: str) -> bytes:
+    record = {"ts": now}
+    for name, kind in BENCH_COLUMNS.items():
+        value = row.get(name)
+        if kind == "String":
+            record[name] = "" if value is None else str(value)
+        else:
+            try:
+                record[name] = float(value) if kind == "Float64" else int(float(value))
+            except (TypeError, ValueError):
+                raise ValueError(f"benchmark row {row.get('id', '?')!r}: {name} must be a number") from None
+    record["extra"] = json.dumps({k: v for k, v in row.items() if k not in BENCH_COLUMNS}, default=str)
+    return json.dumps(record, separators=(",", ":")).encode()
 
 
 def _ts(dt: datetime) -> str:

@@ -226,6 +226,24 @@ def test_rpm_is_exact_with_the_embedded_limiter(stack):
     assert sorted(statuses) == [200] * 10 + [429] * 5
 
 
+def test_bench_measures_the_cpu_runtime_and_stores_rows(stack, tmp_path):
+    out = tmp_path / "bench.csv"
+    sent(8)  # 4 requests at each of 2 concurrency levels
+    result = stack.cli(
+        "bench", "--base-url", stack.base_url, "--model", "foundry-tiny", "--isl", "16", "--osl", "8",
+        "--concurrency", "1,2", "--requests", "4", "--api-key", ADMIN_KEY, "--out", str(out), "--json",
+    )  # fmt: skip
+    rows = json.loads(result.stdout)
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert all(r["silicon_ttft_ms"] > 0 and r["silicon_tpot_ms"] > 0 for r in rows)
+    assert out.read_text().startswith("id,backend,backend_version,model_path,system")
+    stored = httpx.get(
+        f"{stack.api_url}/benchmarks", params={"model_path": "foundry-tiny"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30,
+    ).json()["data"]  # fmt: skip
+    assert {r["id"] for r in rows} <= {r["id"] for r in stored}
+
+
 def _usage_requests(stack) -> tuple[int, int]:
     cli = json.loads(stack.cli("usage", "--json").stdout)["requests"]
     api = httpx.get(f"{stack.api_url}/usage", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)

@@ -105,3 +105,19 @@ async def test_recorder_flushes_when_batch_is_full_and_retries_failures(store):
         await asyncio.sleep(0.05)
     await recorder.close()
     assert await store.count() == 35  # failed batches were kept and written later, once
+
+
+async def test_benchmark_rows_round_trip(store):
+    row = {
+        "id": "b1", "backend": "foundry", "backend_version": "0.1.0", "model_path": "foundry-tiny",
+        "system": "cpu", "precision": "", "gemm_quant_mode": "", "moe_quant_mode": "", "isl": 32, "osl": 8,
+        "batch_size": 4, "tp_size": 1, "pp_size": 1, "attention_dp_size": 1, "moe_tp_size": 1, "moe_ep_size": 1,
+        "silicon_ttft_ms": 12.5, "silicon_tpot_ms": 3.25, "ttft_p95_ms": 20.0, "endpoint": "chat",
+    }  # fmt: skip
+    assert await store.insert_benchmarks([row, {**row, "id": "b2", "model_path": "other"}]) == 2
+    got = await store.benchmarks(model_path="foundry-tiny")
+    assert len(got) == 1
+    assert got[0]["silicon_tpot_ms"] == 3.25 and got[0]["isl"] == 32
+    assert got[0]["ttft_p95_ms"] == 20.0 and got[0]["endpoint"] == "chat"  # extras kept
+    with pytest.raises(ValueError, match="isl must be a number"):
+        await store.insert_benchmarks([{**row, "isl": "lots"}])
