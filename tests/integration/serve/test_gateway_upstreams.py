@@ -49,6 +49,14 @@ def gateway(tmp_path):
         s.stop()
 
 
+def providers(**upstreams: OpenAIUpstream) -> str:
+    """``[models.m.providers.NAME]`` tables, in order, for OpenAI-compatible upstreams (key in $K)."""
+    return "".join(
+        f'[models.m.providers.{name}]\ntype = "openai"\nbase_url = "{u.url}"\napi_key_env = "K"\n'
+        for name, u in upstreams.items()
+    )
+
+
 def client(gw: GatewayServer, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0, timeout=30, **kw)
 
@@ -108,14 +116,7 @@ def test_primary_killed_under_load_loses_no_unstarted_request(upstreams, gateway
 routing = ["primary", "backup"]
 [models.m.timeouts]
 ttft_ms = 2000
-[models.m.providers.primary]
-type = "openai"
-base_url = "{primary.url}"
-api_key_env = "K"
-[models.m.providers.backup]
-type = "openai"
-base_url = "{backup.url}"
-api_key_env = "K"
+{providers(primary=primary, backup=backup)}
 """
     )
     c = client(gw)
@@ -149,14 +150,7 @@ def test_breaker_opens_then_recovers(upstreams, gateway, monkeypatch):
 [gateway]
 breaker_failures = 3
 breaker_cooldown_s = 1.0
-[models.m.providers.primary]
-type = "openai"
-base_url = "{primary.url}"
-api_key_env = "K"
-[models.m.providers.backup]
-type = "openai"
-base_url = "{backup.url}"
-api_key_env = "K"
+{providers(primary=primary, backup=backup)}
 """
     )
     c = client(gw)
@@ -180,10 +174,7 @@ breaker_failures = 2
 breaker_cooldown_s = 60
 [models.m.retries]
 num_retries = 0
-[models.m.providers.only]
-type = "openai"
-base_url = "{up.url}"
-api_key_env = "K"
+{providers(only=up)}
 """
     )
     up.stop()
@@ -207,14 +198,7 @@ def test_ttft_timeout_uses_the_backup_and_stall_ends_the_stream(upstreams, gatew
 [models.m.timeouts]
 ttft_ms = 300
 total_ms = 500
-[models.m.providers.primary]
-type = "openai"
-base_url = "{primary.url}"
-api_key_env = "K"
-[models.m.providers.backup]
-type = "openai"
-base_url = "{backup.url}"
-api_key_env = "K"
+{providers(primary=primary, backup=backup)}
 """
     )
     c = client(gw)
@@ -244,10 +228,7 @@ def test_upstream_429_retry_after_is_honoured(upstreams, gateway, monkeypatch):
 [models.m.retries]
 num_retries = 2
 max_delay_s = 4.0
-[models.m.providers.only]
-type = "openai"
-base_url = "{up.url}"
-api_key_env = "K"
+{providers(only=up)}
 """
     )
     up.fail_next(1, status=429, retry_after_s=1)
@@ -262,14 +243,7 @@ def test_non_retryable_4xx_passes_through_once(upstreams, gateway, monkeypatch):
     primary, backup = upstreams(OpenAIUpstream), upstreams(OpenAIUpstream)
     gw = gateway(
         f"""
-[models.m.providers.primary]
-type = "openai"
-base_url = "{primary.url}"
-api_key_env = "K"
-[models.m.providers.backup]
-type = "openai"
-base_url = "{backup.url}"
-api_key_env = "K"
+{providers(primary=primary, backup=backup)}
 """
     )
     primary.fail_next(1, status=400)
