@@ -51,19 +51,16 @@ class Reply:
 class _Tracker:
     """Timing, tokens and routing outcome of one request; becomes its metrics row."""
 
-    __slots__ = ("rec", "t0", "outcome", "headers", "ticket")
+    __slots__ = ("rec", "t0", "outcome", "headers", "ticket", "raw")
 
     def __init__(self, endpoint: str, request_id: str, raw: bytes | None) -> None:
         self.t0 = time.perf_counter()
         self.outcome = Outcome()
         self.headers = {"x-request-id": request_id}
         self.ticket: Ticket | None = None
+        self.raw = raw  # to name the model in the record of a body that did not validate
         self.rec = RequestRecord(
-            request_id=request_id,
-            ts=datetime.now(timezone.utc),
-            endpoint=endpoint,
-            model=model_name_hint(raw) if raw is not None else "",
-            status=200,
+            request_id=request_id, ts=datetime.now(timezone.utc), endpoint=endpoint, model="", status=200
         )
 
     def key(self, info: ApiKeyInfo) -> None:
@@ -120,6 +117,7 @@ class GatewayService:
             key = await self._keys.authenticate(authorization)
             track.key(key)
             body = parse_body(raw, EmbeddingRequest)
+            track.rec.model = body.model
             self._check_model(body.model, key)
             await self._admit(track, key, body.model, sum(len(t) for t in body.texts) // 4 + 1, None)
             _, result = await self._router.embed(body.model, body.texts, track.outcome)
@@ -162,6 +160,7 @@ class GatewayService:
             key = await self._keys.authenticate(authorization)
             track.key(key)
             body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
+            track.rec.model = body.model
             self._check_model(body.model, key)
             track.rec.streamed = bool(body.stream)
             await self._admit(track, key, body.model, _prompt_estimate(body, chat), body.token_limit)
@@ -281,6 +280,8 @@ class GatewayService:
 
     def _finish(self, track: _Tracker) -> None:
         rec = track.rec
+        if not rec.model and track.raw:
+            rec.model = model_name_hint(track.raw)  # parsed again only for rejected requests
         rec.latency_ms = (time.perf_counter() - track.t0) * 1000
         route = self._router.routes.get(track.outcome.model_served or rec.model)
         if route is not None:
