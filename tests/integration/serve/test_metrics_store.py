@@ -1,13 +1,23 @@
-"""The metrics store on the real ClickHouse engine (chdb), and the batching recorder."""
+"""The metrics store on both backends: chdb in-process, and clickhouse-connect over ClickHouse's
+HTTP interface (tests/fakes/clickhouse_http.py, the real engine in a process of its own); and the
+batching recorder."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import httpx
 import pytest
 
-from serve.metrics import ChdbStore, MetricsBackendError, MetricsRecorder, RequestRecord
+from serve.metrics import ChdbStore, ClickHouseHTTPBackend, MetricsBackendError, MetricsRecorder, MetricsStore, RequestRecord
+
+REPO = Path(__file__).resolve().parents[3]
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -28,9 +38,38 @@ def rec(i: int, **kw) -> RequestRecord:
     return RequestRecord(**{**base, **kw})
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = ChdbStore(str(tmp_path / "metrics"))
+@pytest.fixture(scope="module")
+def clickhouse_url(tmp_path_factory):
+    """A ClickHouse HTTP endpoint (the chdb engine behind ClickHouse's HTTP protocol)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.clickhouse_http", "--port", str(port),
+         "--path", str(tmp_path_factory.mktemp("clickhouse"))],
+        cwd=REPO,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the ClickHouse HTTP front did not start"
+        time.sleep(0.1)
+    yield f"http://default:@127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["chdb", "clickhouse-http"])
+async def store(request, tmp_path):
+    if request.param == "chdb":
+        s = ChdbStore(str(tmp_path / "metrics"))
+    else:  # a database of its own per test
+        url = request.getfixturevalue("clickhouse_url")
+        s = MetricsStore(ClickHouseHTTPBackend(f"{url}/t{abs(hash(request.node.nodeid)) % 10**9}"))
     yield s
     await s.close()
 
@@ -121,3 +160,12 @@ async def test_benchmark_rows_round_trip(store):
     assert got[0]["ttft_p95_ms"] == 20.0 and got[0]["endpoint"] == "chat"  # extras kept
     with pytest.raises(ValueError, match="isl must be a number"):
         await store.insert_benchmarks([{**row, "isl": "lots"}])
+
+
+def test_unreachable_clickhouse_is_a_clear_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    with pytest.raises(MetricsBackendError, match=f"cannot reach ClickHouse at 127.0.0.1:{port}") as exc:
+        ClickHouseHTTPBackend(f"http://default:secret-pw@127.0.0.1:{port}/foundry")
+    assert "secret-pw" not in str(exc.value)
