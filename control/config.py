@@ -13,7 +13,7 @@ from typing import Literal
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from serve.config import (
     PROVIDER_TYPES,
@@ -46,6 +46,18 @@ class ServerConfig(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = Field(default="", description="empty: SQLite at $FOUNDRY_HOME/foundry.db")
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: str) -> str:
+        if url:
+            from control.db import DatabaseURLError, parse_url
+
+            try:
+                parse_url(url, is_async=False)
+            except DatabaseURLError as exc:
+                raise ValueError(str(exc)) from None
+        return url
 
 
 class ControlConfig(_Strict):
@@ -147,7 +159,8 @@ def _describe(error: dict) -> str:
     if kind == "union_tag_not_found":
         return f"{loc}: missing key 'type'"
     if kind == "value_error":
-        return str(error.get("ctx", {}).get("error", error["msg"]))
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        return message if not loc or message.startswith("models.") else f"{loc}: {message}"
     return f"{loc}: {error['msg']}" if loc else error["msg"]
 
 

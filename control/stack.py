@@ -124,6 +124,8 @@ class Stack:
     def stop(self) -> None:
         """Drain and stop. Replicas finish in-flight requests and flush their metrics before
         Serve returns; then the metrics actor closes its store."""
+        if not ray.is_initialized():
+            return  # start() failed before Ray: nothing runs (and serve.shutdown would start Ray)
         try:
             serve.shutdown()
         finally:

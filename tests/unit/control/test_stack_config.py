@@ -48,6 +48,16 @@ def test_every_example_config_loads(path):
         ('[models.m.providers.p]\ntype = "local"\n', "no [runtimes.'m'] table"),
         ("[server\n", "invalid TOML"),
         ('[metrics]\nbackend = "mongo"\n', "metrics.backend"),
+        ('[database]\nurl = "mysql://db/x"\n', "database.url: unsupported database URL"),
+        (
+            '[models.m]\nrouting = ["a", "ghost"]\n[models.m.providers.a]\ntype = "openai"\n',
+            "models.m: routing names provider 'ghost'",
+        ),
+        (
+            '[models.m.providers.a]\ntype = "openai"\napi_key_env = "K"\napi_key_encrypted = "00"\n',
+            "models.m.providers.a: give api_key_env or api_key_encrypted, not both",
+        ),
+        ('[models.m]\nfallback_models = ["nope"]\n[models.m.providers.a]\ntype = "openai"\n', "fallback_models names 'nope'"),
     ],
 )
 def test_errors_name_the_file_and_key(text, expected):
