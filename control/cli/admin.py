@@ -211,23 +211,14 @@ def keys_update(
 ) -> None:
     """Change a key's models, limits or budget; what is not given stays. --model-limit replaces
     every per-model limit. Gateways apply the change within seconds."""
-    body: dict[str, Any] = {field.value.replace("-", "_"): None for field in clear or ()}
+    body = _patch_body(
+        clear,
+        {"name": name, "rpm": rpm, "tpm": tpm, **_budget_body(budget_tokens, budget_usd, budget_period)},
+    )
     if models is not None:
         body["models"] = _models(models)
     if model_limit:
         body["model_limits"] = _model_limits(model_limit)
-    for field, value in (
-        ("name", name),
-        ("rpm", rpm),
-        ("tpm", tpm),
-        ("budget_tokens", budget_tokens),
-        ("budget_usd", budget_usd),
-        ("budget_period", budget_period.value if budget_period else None),
-    ):
-        if value is not None:
-            if field in body:
-                _fail(f"--{field.replace('_', '-')} and --clear {field.replace('_', '-')} contradict each other")
-            body[field] = value
     if not body:
         _fail("nothing to change: give --rpm, --tpm, --model-limit, --budget-*, --models, --name or --clear")
     key = _Client(api, api_key).call("PATCH", f"/keys/{key_id}", json=body)
@@ -299,11 +290,7 @@ def projects_update(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Change a project's budget; what is not given stays. Gateways apply it within seconds."""
-    body: dict[str, Any] = {field.value.replace("-", "_"): None for field in clear or ()}
-    for field, value in _budget_body(budget_tokens, budget_usd, budget_period).items():
-        if field in body:
-            _fail(f"--{field.replace('_', '-')} and --clear {field.replace('_', '-')} contradict each other")
-        body[field] = value
+    body = _patch_body(clear, _budget_body(budget_tokens, budget_usd, budget_period))
     if not body:
         _fail("nothing to change: give --budget-tokens, --budget-usd, --budget-period or --clear")
     updated = _Client(api, api_key).call("PATCH", f"/projects/{project}", json=body)
@@ -378,6 +365,18 @@ def _model_limits(specs: list[str]) -> dict[str, dict[str, int]]:
             _fail(f"--model-limit: model {model!r} given twice")
         limits[model] = limit
     return limits
+
+
+def _patch_body(clear, changes: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body: the --clear'ed fields as null, then the given values (never both)."""
+    body: dict[str, Any] = {field.value.replace("-", "_"): None for field in clear or ()}
+    for field, value in changes.items():
+        if value is None:
+            continue
+        if field in body:
+            _fail(f"--{field.replace('_', '-')} and --clear {field.replace('_', '-')} contradict each other")
+        body[field] = value
+    return body
 
 
 def _budget_body(tokens: int | None, usd: float | None, period: Period | None) -> dict[str, Any]:

@@ -109,27 +109,12 @@ def create_app(
     return app
 
 
-def build_gateway(
-    *,
-    models: dict[str, ModelConfig],
-    runtime_deployments: dict[str, str],
-    key_source: KeySource,
-    metrics: MetricsClient,
-    settings: GatewayConfig,
-    metrics_settings: MetricsConfig,
-    limits: LimitsConfig = LimitsConfig(),
-) -> Application:
+def build_gateway(*, settings: GatewayConfig, **app_args) -> Application:
+    """The gateway as a Serve application; ``app_args`` are :func:`create_app`'s other arguments."""
+
     # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
     def app() -> FastAPI:
-        return create_app(
-            models=models,
-            runtime_deployments=runtime_deployments,
-            key_source=key_source,
-            metrics=metrics,
-            settings=settings,
-            metrics_settings=metrics_settings,
-            limits=limits,
-        )
+        return create_app(settings=settings, **app_args)
 
     @serve.deployment(
         name="Gateway",

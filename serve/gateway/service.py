@@ -21,7 +21,7 @@ from serve.gateway import wire
 from serve.gateway.errors import GatewayError, PermissionDenied
 from serve.gateway.keycache import KeyCache
 from serve.gateway.ratelimit import Limiter, Ticket
-from serve.gateway.routing import Opened, Outcome, Router, as_gateway_error
+from serve.gateway.routing import ModelRoute, Opened, Outcome, Router, as_gateway_error
 from serve.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -118,8 +118,8 @@ class GatewayService:
             track.key(key)
             body = parse_body(raw, EmbeddingRequest)
             track.rec.model = body.model
-            self._check_model(body.model, key)
-            await self._admit(track, key, body.model, sum(len(t) for t in body.texts) // 4 + 1, None)
+            route = self._check_model(body.model, key)
+            await self._admit(track, key, route, sum(len(t) for t in body.texts) // 4 + 1, None)
             _, result = await self._router.embed(body.model, body.texts, track.outcome)
             track.routed()
             track.first_token()
@@ -161,9 +161,9 @@ class GatewayService:
             track.key(key)
             body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             track.rec.model = body.model
-            self._check_model(body.model, key)
+            route = self._check_model(body.model, key)
             track.rec.streamed = bool(body.stream)
-            await self._admit(track, key, body.model, _prompt_estimate(body, chat), body.token_limit)
+            await self._admit(track, key, route, _prompt_estimate(body, chat), body.token_limit)
             request = _generate_request(track.rec.request_id, body, chat)
             if body.stream:
                 opened = await self._router.open_stream(body.model, request, track.outcome)
@@ -235,16 +235,19 @@ class GatewayService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _check_model(self, model: str, key: ApiKeyInfo) -> None:
-        self._router.route(model)  # 404 for an unknown model
+    def _check_model(self, model: str, key: ApiKeyInfo) -> ModelRoute:
+        route = self._router.route(model)  # 404 for an unknown model
         if key.models is not None and model not in key.models:
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
+        return route
 
-    async def _admit(self, track: _Tracker, key: ApiKeyInfo, model: str, prompt_estimate: int, max_tokens) -> None:
+    async def _admit(
+        self, track: _Tracker, key: ApiKeyInfo, route: ModelRoute, prompt_estimate: int, max_tokens: int | None
+    ) -> None:
         """Reserve the request against the key's rate limits and budgets (429 when over)."""
-        pricing = self._router.route(model).config.pricing
+        cost_estimate = prompt_estimate * route.config.pricing.input_per_1m / 1e6
         track.ticket = await self._limiter.admit(
-            key, model, prompt_estimate, max_tokens or 0, cost_estimate_usd=prompt_estimate * pricing.input_per_1m / 1e6
+            key, route.name, prompt_estimate, max_tokens or 0, cost_estimate_usd=cost_estimate
         )
         track.headers.update(track.ticket.headers)
 
