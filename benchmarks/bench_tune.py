@@ -42,9 +42,9 @@ def _best_time(fn) -> float:  # noqa: ANN001
 
 
 def main(out_dir: Path) -> dict:
-    from tune.optimize import optimize
-    from tune.predictor import Predictor
-    from tune.space import SearchSpace
+    from tune.search.optimize import optimize
+    from tune.predict.predictor import Predictor
+    from tune.search.space import SearchSpace
 
     predictor = Predictor.load()
     search = {}

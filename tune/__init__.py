@@ -1,12 +1,18 @@
 """The optimizer: predict TTFT/TPOT of LLM deployments and search for the best one.
 
-    catalogs      hardware (GPUs), architectures (models), precision (numeric formats)
-    physics       workload (rows -> physical quantities), roofline (lower bounds, memory fit)
-    learning      features, calibration, predictor (shipped artifacts), training (fit + CV),
-                  perfdata (finding measured data)
-    search        space (candidates, evaluation), asktell, nsga2 (DEAP), operators, grid,
-                  raytune (Ray Tune driver), optimize (front door), deploy (vLLM + Ray Serve)
-    measuring     bench (closed-loop OpenAI-compatible load generator)
+    tune.catalog  hardware (GPUs), architectures (models), precision (numeric formats)
+    tune.predict  schema, roofline, workload, estimate, serving (E2E/throughput/SLO formulas),
+                  features, calibration, perfdata, predictor (p90 bounds, versioned
+                  artifacts), training (fit, cross-validation, picking evaluation)
+    tune.search   space, asktell, operators, nsga2 (DEAP), grid, deploy (vLLM + Ray Serve),
+                  raytune (Ray Tune driver), optimize (front door)
+    tune.bench    closed-loop OpenAI-compatible load generator (measuring the truth)
+    tune.cli      the foundry commands
+    tune.errors   the error tree every layer raises
+
+Each layer imports only the ones listed before it (an import-linter contract checks it).
+The flat module paths of earlier releases (``tune.predictor``, ``tune.space``, ...) still
+import (:mod:`tune._moved`).
 
 Names below are imported lazily, so ``import tune`` (and ``foundry --help``) stays fast.
 
@@ -21,29 +27,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tune import _moved
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "GPU": "tune.hardware",
-    "get_gpu": "tune.hardware",
-    "Architecture": "tune.architectures",
-    "resolve_model": "tune.architectures",
-    "load_config_json": "tune.architectures",
-    "estimate": "tune.roofline",
-    "roofline": "tune.roofline",
-    "Predictor": "tune.predictor",
-    "train": "tune.training",
-    "cross_validate": "tune.training",
-    "load_measured": "tune.perfdata",
-    "SearchSpace": "tune.space",
-    "Candidate": "tune.space",
-    "Evaluation": "tune.space",
-    "Evaluator": "tune.space",
-    "NSGA2Search": "tune.nsga2",
-    "GridSearch": "tune.grid",
-    "optimize": "tune.optimize",
-    "choose_candidate": "tune.optimize",
-    "deployment_spec": "tune.deploy",
+    "GPU": "tune.catalog.hardware",
+    "get_gpu": "tune.catalog.hardware",
+    "Architecture": "tune.catalog.architectures",
+    "resolve_model": "tune.catalog.architectures",
+    "load_config_json": "tune.catalog.architectures",
+    "estimate": "tune.predict.estimate",
+    "roofline": "tune.predict.roofline",
+    "Predictor": "tune.predict.predictor",
+    "train": "tune.predict.training",
+    "cross_validate": "tune.predict.training",
+    "load_measured": "tune.predict.perfdata",
+    "SearchSpace": "tune.search.space",
+    "Candidate": "tune.search.space",
+    "Evaluation": "tune.search.space",
+    "Evaluator": "tune.search.space",
+    "NSGA2Search": "tune.search.nsga2",
+    "GridSearch": "tune.search.grid",
+    "optimize": "tune.search.optimize",
+    "choose_candidate": "tune.search.optimize",
+    "deployment_spec": "tune.search.deploy",
     "BenchConfig": "tune.bench",
     "run_bench": "tune.bench",
     "bench_rows": "tune.bench",
@@ -51,6 +59,8 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 
 from tune.errors import BenchError, InvalidInput
-from tune.schema import MEASURED_COLUMNS
+from tune.predict.schema import MEASURED_COLUMNS
 
 __all__ = [
     "BenchConfig",
@@ -393,8 +393,9 @@ class MeasuringEvaluator:
     def __call__(self, candidates: list[Any]) -> list[Any]:
         from dataclasses import replace
 
-        from tune.predictor import Predictor
-        from tune.space import Evaluation, Evaluator
+        from tune.predict.predictor import Predictor
+        from tune.predict.serving import slo_violation
+        from tune.search.space import Evaluation, Evaluator
 
         if self._checker is None:
             self._checker = Evaluator(self.space, Predictor.load())
@@ -418,9 +419,9 @@ class MeasuringEvaluator:
             e2e = s["e2e_mean_ms"]
             tps_gpu = s["output_tps"] / candidate.gpus_per_replica
             space = self.space
-            violation = max(ttft / space.slo_ttft_ms - 1, 0) + max(tpot / space.slo_tpot_ms - 1, 0)
-            if space.slo_e2e_ms:
-                violation += max(e2e / space.slo_e2e_ms - 1, 0)
+            violation = float(slo_violation(
+                ttft, tpot, slo_ttft_ms=space.slo_ttft_ms, slo_tpot_ms=space.slo_tpot_ms,
+                e2e=e2e, slo_e2e_ms=space.slo_e2e_ms))
             out.append(replace(
                 check, ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, output_tps_per_gpu=tps_gpu,
                 output_tps_total=tps_gpu * check.gpus_used,

@@ -81,7 +81,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def _predictor(artifacts: Path | None):  # noqa: ANN202
-    from tune.predictor import Predictor
+    from tune.predict.predictor import Predictor
 
     return Predictor.load(artifacts)
 
@@ -189,7 +189,7 @@ def _choose(path: Path, slo_ttft_ms: float, slo_tpot_ms: float, artifacts: Path 
     import pandas as pd
 
     from tune.errors import InvalidInput
-    from tune.optimize import choose_candidate
+    from tune.search.optimize import choose_candidate
 
     try:
         frame = pd.read_csv(path)
@@ -218,8 +218,8 @@ def _search(**kw: Any) -> None:
     from pydantic import ValidationError
 
     from tune.errors import InvalidInput
-    from tune.optimize import optimize as run_optimize
-    from tune.space import SearchSpace
+    from tune.search.optimize import optimize as run_optimize
+    from tune.search.space import SearchSpace
 
     try:
         space = SearchSpace(
@@ -259,7 +259,7 @@ def _search(**kw: Any) -> None:
 def _print_result(result: Any) -> None:
     from rich.table import Table
 
-    from tune.deploy import deployment_spec
+    from tune.search.deploy import deployment_spec
 
     out = Console()
     best = result.best
@@ -403,8 +403,8 @@ def _print_bench(rows: list[dict[str, Any]]) -> None:
 
 
 def _load_data(data: Path | None):  # noqa: ANN202
-    from tune.perfdata import default_data_dir, load_measured
-    from tune.training import usable_rows
+    from tune.predict.perfdata import default_data_dir, load_measured
+    from tune.predict.training import usable_rows
 
     frame = load_measured(data or default_data_dir())
     frame, skipped = usable_rows(frame)
@@ -437,8 +437,8 @@ def train(
 ) -> None:
     """Train the TTFT/TPOT predictor and write its versioned JSON artifacts (+ CV report)."""
     with _errors():
-        from tune.training import cross_validate
-        from tune.training import train as fit
+        from tune.predict.training import cross_validate
+        from tune.predict.training import train as fit
 
         frame = _load_data(data)
         report = None
@@ -459,7 +459,7 @@ def cv_command(
 ) -> None:
     """Cross-validate the predictor recipe: random, leave-one-model-out, leave-one-GPU-out."""
     with _errors():
-        from tune.training import cross_validate
+        from tune.predict.training import cross_validate
 
         report = cross_validate(_load_data(data), seed=seed)
         if as_json:
@@ -473,7 +473,7 @@ def models() -> None:
     """List the built-in model catalog (parameters and KV bytes per token)."""
     from rich.table import Table
 
-    from tune.architectures import CATALOG
+    from tune.catalog.architectures import CATALOG
 
     table = Table(title="Model catalog")
     for col in ("id", "family", "layers", "total B", "active B", "KV KiB/token (bf16)"):
@@ -490,7 +490,7 @@ def gpus() -> None:
     """List the GPU catalog (dense TFLOP/s, HBM, memory, interconnect, price)."""
     from rich.table import Table
 
-    from tune.hardware import GPUS
+    from tune.catalog.hardware import GPUS
 
     table = Table(title="GPU catalog (per GPU, dense tensor-core figures)")
     for col in ("system", "bf16 TFLOP/s", "fp8", "fp4", "HBM GB/s", "GB", "link GB/s",

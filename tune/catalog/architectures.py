@@ -10,7 +10,7 @@ MoE, Next), Qwen3.5, Mistral/Mixtral, Gemma 2/3, Phi-3/3.5/4, gpt-oss, DeepSeek-
 MiniMax-M2, GLM-4.5/5. Figures are transcribed from each model's public ``config.json``.
 
 Example:
-    >>> from tune.architectures import resolve_model
+    >>> from tune.catalog.architectures import resolve_model
     >>> arch = resolve_model("meta-llama/Llama-3.1-8B-Instruct")
     >>> round(arch.total_params / 1e9, 2), arch.kv_elements_per_token
     (8.03, 65536)
@@ -75,7 +75,7 @@ class Architecture(BaseModel):
     linear_num_value_heads: int = 0
     linear_key_head_dim: int = 0
     linear_value_head_dim: int = 0
-    # Checkpoint formats (see tune.precision): dense GEMMs and MoE experts.
+    # Checkpoint formats (see tune.catalog.precision): dense GEMMs and MoE experts.
     native_precision: str = "bf16"
     native_moe_precision: str = ""  # "": same as native_precision
 

@@ -12,7 +12,7 @@ a GB200/GB300 NVL72 rack; tensor parallelism never spans more. ``price_per_hour_
 indicative on-demand cloud price per GPU, meant to be overridden with your own.
 
 Example:
-    >>> from tune.hardware import get_gpu
+    >>> from tune.catalog.hardware import get_gpu
     >>> gpu = get_gpu("h100_sxm")
     >>> gpu.hbm_bandwidth_gbs, gpu.tflops("fp8")
     (3350.0, 1979.0)

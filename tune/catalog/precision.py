@@ -9,7 +9,7 @@ Bytes per weight include the scale factors: nvfp4 stores one fp8 scale per 16 va
 mxfp4 one 8-bit scale per 32 (4.25 bits), int4 weight-only one bf16 scale per group of 128.
 
 Example:
-    >>> from tune.precision import resolve_formats
+    >>> from tune.catalog.precision import resolve_formats
     >>> gemm, moe = resolve_formats("fp4", None, None, native="bf16")
     >>> gemm.name, gemm.weight_bytes, gemm.compute
     ('nvfp4', 0.5625, 'fp4')

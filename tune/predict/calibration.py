@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tune.roofline import Physics, Roofline
+from tune.predict.roofline import Physics, Roofline
 
 __all__ = ["TARGETS", "TERMS", "Calibration", "fit_calibration", "terms"]
 

@@ -9,7 +9,7 @@ from the roofline as a function of the regime they run in.
 
 Example:
     >>> import pandas as pd
-    >>> from tune.features import build_features
+    >>> from tune.predict.features import build_features
     >>> feats = build_features(pd.DataFrame([{"model_path": "Qwen/Qwen3-8B", "system": "h100_sxm",
     ...     "isl": 1024, "osl": 128, "batch_size": 8, "tp_size": 1}]))
     >>> feats.roofline.tpot_ms.shape, feats.matrix.shape[1] == len(FEATURE_NAMES)
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tune.roofline import Physics, Roofline, roofline
-from tune.workload import resolve
+from tune.predict.roofline import Physics, Roofline, roofline
+from tune.predict.workload import resolve
 
 if TYPE_CHECKING:
     import pandas as pd

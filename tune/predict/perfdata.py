@@ -7,7 +7,7 @@ public file with a user's own measurements: every ``*.csv`` in it whose header c
 measured-data columns is read, anything else (the argonne files) is skipped.
 
 Example:
-    >>> from tune.perfdata import default_data_dir
+    >>> from tune.predict.perfdata import default_data_dir
     >>> default_data_dir().name
     'perfdata'
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tune.errors import DataError
-from tune.schema import INPUT_COLUMNS, TARGET_COLUMNS
+from tune.predict.schema import INPUT_COLUMNS, TARGET_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +34,7 @@ def default_data_dir() -> Path:
     """``$FOUNDRY_PERFDATA`` if set, else ``<repo root>/../shared/perfdata``."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
-    return Path(__file__).resolve().parents[2] / "shared" / "perfdata"
+    return Path(__file__).resolve().parents[3] / "shared" / "perfdata"
 
 
 def _is_measured(path: Path) -> bool:

@@ -1,8 +1,8 @@
 """The learned TTFT/TPOT predictor and its versioned JSON artifacts.
 
-Prediction = calibrated roofline (:mod:`tune.calibration`) x exp(learned residual), where the
+Prediction = calibrated roofline (:mod:`tune.predict.calibration`) x exp(learned residual), where the
 residual comes from one XGBoost booster per target trained on log(measured / calibrated) over
-the physics features of :mod:`tune.features`. For an architecture or GPU absent from the
+the physics features of :mod:`tune.predict.features`. For an architecture or GPU absent from the
 training data the residual is weighted down (``unseen_residual_weight`` in the metadata).
 
 Artifacts (in ``tune/artifacts/`` by default, shipped in the package):
@@ -13,7 +13,7 @@ Artifacts (in ``tune/artifacts/`` by default, shipped in the package):
 
 Example:
     >>> import pandas as pd
-    >>> from tune.predictor import Predictor
+    >>> from tune.predict.predictor import Predictor
     >>> out = Predictor.load().predict(pd.DataFrame([{"model_path": "Qwen/Qwen3-32B",
     ...     "system": "h100_sxm", "isl": 1024, "osl": 256, "batch_size": 8, "tp_size": 2}]))
     >>> list(out.columns[-4:])
@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tune.calibration import TARGETS, Calibration
+from tune.predict.calibration import TARGETS, Calibration
 from tune.errors import ArtifactError
-from tune.features import FEATURE_NAMES, Features, build_features
+from tune.predict.features import FEATURE_NAMES, Features, build_features
+from tune.predict.serving import e2e_ms, output_tps_per_gpu
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ARTIFACT_DIR", "ARTIFACT_VERSION", "Predictor", "derived_metrics"]
 
-ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "artifacts"
 ARTIFACT_VERSION = 1  # bump when features or the calibration terms change meaning
 METADATA_FILE = "metadata.json"
 
@@ -50,13 +51,13 @@ def derived_metrics(
     """(e2e_ms, output tokens/s per GPU) as the issue defines them:
     e2e = ttft + (osl - 1) * tpot; tokens/s/GPU = batch * osl / e2e_s / (tp * pp * dp)."""
     osl = frame["osl"].to_numpy(dtype=float)
-    e2e = ttft_ms + (osl - 1.0) * tpot_ms
+    e2e = e2e_ms(ttft_ms, tpot_ms, osl)
     gpus = (
         frame["tp_size"].to_numpy(dtype=float)
         * frame["pp_size"].to_numpy(dtype=float)
         * frame["attention_dp_size"].to_numpy(dtype=float)
     )
-    tps = frame["batch_size"].to_numpy(dtype=float) * osl / (e2e / 1000.0) / gpus
+    tps = output_tps_per_gpu(frame["batch_size"].to_numpy(dtype=float), osl, e2e, gpus)
     return e2e, tps
 
 
@@ -129,7 +130,7 @@ class Predictor:
         (metadata ``unseen_residual_weight``): there the calibrated physics is trusted more."""
         import pandas as pd
 
-        from tune.architectures import resolve_model
+        from tune.catalog.architectures import resolve_model
 
         weight = float(self.metadata.get("unseen_residual_weight", 1.0))
         archs = set(self.metadata.get("architectures", []))

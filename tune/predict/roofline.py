@@ -28,7 +28,7 @@ The model, per GPU of a replica with ``tp * pp * attention_dp`` GPUs:
 
 Example (the issue's worked example: Llama-3-8B in bf16 on one H100 at batch 1 reads ~15 GB of
 weights per token from 3.35 TB/s HBM):
-    >>> from tune.roofline import estimate
+    >>> from tune.predict.estimate import estimate
     >>> e = estimate("meta-llama/Llama-3.1-8B-Instruct", "h100_sxm", isl=1024, osl=256)
     >>> 4.3 < e.tpot_ms < 5.0
     True
@@ -47,10 +47,8 @@ __all__ = [
     "PREFILL_CHUNK_TOKENS",
     "RUNTIME_RESERVE_GB",
     "SCALEOUT_GBS",
-    "Estimate",
     "Physics",
     "Roofline",
-    "estimate",
     "memory_fit",
     "roofline",
 ]
@@ -68,7 +66,7 @@ KV_STATE_BYTES = 4.0  # linear-attention recurrent state is kept in fp32
 class Physics:
     """Per-deployment physical quantities, each a float64 array of the same length.
 
-    Built from rows by :func:`tune.workload.physics_from_frame`; names carry units.
+    Built from rows by :func:`tune.predict.workload.physics_from_frame`; names carry units.
     """
 
     # model shape
@@ -295,60 +293,4 @@ def roofline(p: Physics) -> Roofline:
         ttft_chunked_ms=ttft + np.ceil(p.isl / PREFILL_CHUNK_TOKENS) * tpot,
         prefill_load=ttft_queued / (ttft_queued + np.maximum(p.osl - 1.0, 1.0) * tpot),
         experts_touched=touched,
-    )
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Roofline figures of one deployment."""
-
-    ttft_ms: float
-    ttft_queued_ms: float
-    tpot_ms: float
-    decode_weight_ms: float
-    decode_kv_ms: float
-    decode_compute_ms: float
-    decode_comm_ms: float
-    weights_per_gpu_gb: float
-    kv_per_sequence_per_gpu_gb: float
-    max_concurrency: int
-    fits: bool
-
-
-def estimate(
-    model: str,
-    gpu: str,
-    *,
-    isl: int,
-    osl: int,
-    batch_size: int = 1,
-    tp: int = 1,
-    pp: int = 1,
-    attention_dp: int = 1,
-    precision: str = "",
-    kv_cache_dtype: str = "auto",
-) -> Estimate:
-    """Roofline figures of one deployment (catalog ids or a config.json path for ``model``)."""
-    import pandas as pd
-
-    from tune.workload import physics_from_frame
-
-    row = pd.DataFrame([{
-        "model_path": model, "system": gpu, "isl": isl, "osl": osl, "batch_size": batch_size,
-        "tp_size": tp, "pp_size": pp, "attention_dp_size": attention_dp, "precision": precision,
-        "kv_cache_dtype": kv_cache_dtype,
-    }])
-    r = roofline(physics_from_frame(row))
-    return Estimate(
-        ttft_ms=float(r.ttft_ms[0]),
-        ttft_queued_ms=float(r.ttft_queued_ms[0]),
-        tpot_ms=float(r.tpot_ms[0]),
-        decode_weight_ms=float(r.decode_weight_ms[0]),
-        decode_kv_ms=float(r.decode_kv_ms[0]),
-        decode_compute_ms=float(r.decode_compute_ms[0]),
-        decode_comm_ms=float(r.decode_comm_ms[0]),
-        weights_per_gpu_gb=float(r.weights_per_gpu_gb[0]),
-        kv_per_sequence_per_gpu_gb=float(r.kv_per_sequence_per_gpu_gb[0]),
-        max_concurrency=int(r.max_concurrency[0]),
-        fits=bool(r.max_concurrency[0] >= batch_size),
     )

@@ -10,7 +10,7 @@ Required input columns: ``model_path``, ``system``, ``isl``, ``osl``, ``batch_si
 
 Example:
     >>> import pandas as pd
-    >>> from tune.schema import normalise
+    >>> from tune.predict.schema import normalise
     >>> frame = normalise(pd.DataFrame([{"model_path": "Qwen/Qwen3-8B", "system": "h100_sxm",
     ...     "isl": 1024, "osl": 128, "batch_size": 8, "tp_size": 1}]))
     >>> int(frame.loc[0, "moe_tp_size"]), frame.loc[0, "backend"]

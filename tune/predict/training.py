@@ -14,8 +14,8 @@ absolute percentage error and the mean signed percentage error (positive = pessi
 safe side for SLOs; negative = optimistic).
 
 Example:
-    >>> from tune.perfdata import default_data_dir, load_measured
-    >>> from tune.training import train
+    >>> from tune.predict.perfdata import default_data_dir, load_measured
+    >>> from tune.predict.training import train
     >>> predictor = train(load_measured(default_data_dir()))  # doctest: +SKIP
 """
 
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tune.architectures import resolve_model
-from tune.calibration import TARGETS, fit_calibration
-from tune.features import Features, build_features
-from tune.perfdata import data_hash
-from tune.predictor import ARTIFACT_VERSION, Predictor
+from tune.catalog.architectures import resolve_model
+from tune.predict.calibration import TARGETS, fit_calibration
+from tune.predict.features import Features, build_features
+from tune.predict.perfdata import data_hash
+from tune.predict.predictor import ARTIFACT_VERSION, Predictor
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +90,7 @@ def _fit(features: Features, measured: dict[str, np.ndarray], index: np.ndarray,
 def _take_roofline(features: Features, index: np.ndarray):  # noqa: ANN202
     from dataclasses import fields
 
-    from tune.roofline import Roofline
+    from tune.predict.roofline import Roofline
 
     r = features.roofline
     return Roofline(**{f.name: getattr(r, f.name)[index] for f in fields(r)})
@@ -116,7 +116,7 @@ def usable_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     catalog is accepted but cannot train a GPU predictor; its rows are skipped, not fatal.
     """
     from tune.errors import TuneError
-    from tune.hardware import get_gpu
+    from tune.catalog.hardware import get_gpu
 
     keep = np.ones(len(frame), dtype=bool)
     skipped = []

@@ -5,7 +5,7 @@ numpy, so pricing 100k rows costs about as much as pricing a handful of distinct
 
 Example:
     >>> import pandas as pd
-    >>> from tune.workload import resolve
+    >>> from tune.predict.workload import resolve
     >>> frame, physics = resolve(pd.DataFrame([{"model_path": "openai/gpt-oss-120b",
     ...     "system": "h200_sxm", "isl": 1024, "osl": 1024, "batch_size": 16, "tp_size": 2}]))
     >>> float(physics.num_experts[0])
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tune.architectures import Architecture, resolve_model
+from tune.catalog.architectures import Architecture, resolve_model
 from tune.errors import TuneError, UnknownGPU, UnknownModel
-from tune.hardware import GPU, get_gpu
-from tune.precision import kv_cache_bytes, resolve_formats
-from tune.roofline import Physics
-from tune.schema import normalise, row_label
+from tune.catalog.hardware import GPU, get_gpu
+from tune.catalog.precision import kv_cache_bytes, resolve_formats
+from tune.predict.roofline import Physics
+from tune.predict.schema import normalise, row_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,7 +53,7 @@ def _lookup_each(frame: pd.DataFrame, column: str, fetch):  # noqa: ANN001, ANN2
 def resolve(
     frame: pd.DataFrame, *, gpus: dict[str, GPU] | None = None
 ) -> tuple[pd.DataFrame, Physics]:
-    """Normalise ``frame`` (see :func:`tune.schema.normalise`) and price its rows' physics.
+    """Normalise ``frame`` (see :func:`tune.predict.schema.normalise`) and price its rows' physics.
 
     ``gpus`` overrides catalog entries by name (for example with a custom hourly price).
     """

@@ -1,7 +1,7 @@
 """The ask/tell interface every search algorithm implements, and its typed state.
 
-A driver (the in-process loop of :func:`tune.optimize.optimize`, or the Ray Tune searcher in
-:mod:`tune.raytune`) repeatedly asks for candidates, evaluates them however it likes (the
+A driver (the in-process loop of :func:`tune.search.optimize.optimize`, or the Ray Tune searcher in
+:mod:`tune.search.raytune`) repeatedly asks for candidates, evaluates them however it likes (the
 predictor, or a real benchmark) and tells the results back::
 
     search = NSGA2Search(space, seed=0)
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tune.space import Candidate, Evaluation, Objective
+from tune.search.space import Candidate, Evaluation, Objective
 
 __all__ = ["AskTell", "SearchState", "best_of", "pareto_front"]
 

@@ -9,7 +9,7 @@ when it fits in one, ``PACK`` lets a pipeline-parallel replica span nodes otherw
 prediction was made for.
 
 Example:
-    >>> from tune.deploy import placement_group_bundles
+    >>> from tune.search.deploy import placement_group_bundles
     >>> placement_group_bundles(tp=2, pp=2)
     [{'CPU': 1, 'GPU': 1}, {'CPU': 1, 'GPU': 1}, {'CPU': 1, 'GPU': 1}, {'CPU': 1, 'GPU': 1}]
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tune.hardware import get_gpu
-from tune.space import NATIVE, Evaluation
+from tune.catalog.hardware import get_gpu
+from tune.search.space import NATIVE, Evaluation
 
 __all__ = [
     "RAY_ACCELERATOR_TYPES",
@@ -29,7 +29,7 @@ __all__ = [
     "vllm_engine_args",
 ]
 
-# tune.hardware names -> ray.util.accelerators constants (the node's accelerator_type resource)
+# tune.catalog.hardware names -> ray.util.accelerators constants (the node's accelerator_type resource)
 RAY_ACCELERATOR_TYPES = {
     "h100_sxm": "H100", "h200_sxm": "H200", "b200_sxm": "B200", "b300_sxm": "B300",
     "gb200": "GB200", "gb300": "GB300", "a100_sxm_40gb": "A100-40G", "a100_sxm_80gb": "A100-80G",

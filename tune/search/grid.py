@@ -2,8 +2,8 @@
 and the method of choice for small spaces.
 
 Example:
-    >>> from tune.grid import GridSearch
-    >>> from tune.space import SearchSpace
+    >>> from tune.search.grid import GridSearch
+    >>> from tune.search.space import SearchSpace
     >>> space = SearchSpace(model="Qwen/Qwen3-8B", gpus=("h100_sxm",), num_gpus=2, isl=1024,
     ...     osl=256, concurrency=8, slo_ttft_ms=1000, slo_tpot_ms=50, tp=(1, 2), pp=(1,),
     ...     max_num_seqs=(8,), precisions=("native",), max_num_batched_tokens=(8192,))
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 
-from tune.asktell import SearchState
-from tune.space import Candidate, Evaluation, SearchSpace
+from tune.search.asktell import SearchState
+from tune.search.space import Candidate, Evaluation, SearchSpace
 
 __all__ = ["GridSearch"]
 

@@ -14,8 +14,8 @@ the best ``population_size`` of parents and children. Candidates already evaluat
 again. Every random draw happens in the search's own seeded state: same seed, same proposals.
 
 Example:
-    >>> from tune.nsga2 import NSGA2Search
-    >>> from tune.space import SearchSpace
+    >>> from tune.search.nsga2 import NSGA2Search
+    >>> from tune.search.space import SearchSpace
     >>> space = SearchSpace(model="Qwen/Qwen3-8B", gpus=("h100_sxm",), num_gpus=8, isl=1024,
     ...     osl=256, concurrency=32, slo_ttft_ms=1000, slo_tpot_ms=50)
     >>> a = [c.genes for c in NSGA2Search(space, seed=3).ask()]
@@ -33,9 +33,9 @@ from typing import Any
 
 from deap import base, tools
 
-from tune.asktell import SearchState
-from tune.operators import Crossover, MixedMutation, Mutation, UniformCrossover
-from tune.space import Candidate, Evaluation, SearchSpace
+from tune.search.asktell import SearchState
+from tune.search.operators import Crossover, MixedMutation, Mutation, UniformCrossover
+from tune.search.space import Candidate, Evaluation, SearchSpace
 
 __all__ = ["NSGA2Search"]
 

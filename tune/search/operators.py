@@ -1,6 +1,6 @@
 """Variation operators for integer gene vectors, built on DEAP's, injected into the GA.
 
-Operators draw from Python's ``random`` module (as DEAP's do); :class:`tune.nsga2.NSGA2Search`
+Operators draw from Python's ``random`` module (as DEAP's do); :class:`tune.search.nsga2.NSGA2Search`
 runs them inside its own seeded random state, so they stay reproducible without touching the
 caller's global state.
 

@@ -11,8 +11,8 @@ Two drivers run the same ask/tell searches:
   Starting Ray costs seconds, so it is worth it when trials are real benchmarks.
 
 Example:
-    >>> from tune.optimize import optimize
-    >>> from tune.space import SearchSpace
+    >>> from tune.search.optimize import optimize
+    >>> from tune.search.space import SearchSpace
     >>> result = optimize(SearchSpace(model="meta-llama/Llama-3.1-8B-Instruct",
     ...     gpus=("h100_sxm", "l40s"), num_gpus=8, isl=1024, osl=256, concurrency=64,
     ...     slo_ttft_ms=2000, slo_tpot_ms=40), search="ga", seed=0)
@@ -29,17 +29,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tune.asktell import AskTell, SearchState
-from tune.deploy import deployment_spec
+from tune.search.asktell import AskTell, SearchState
+from tune.search.deploy import deployment_spec
 from tune.errors import InvalidInput, NoFeasibleConfig
-from tune.grid import GridSearch
-from tune.nsga2 import NSGA2Search
-from tune.space import Candidate, Evaluation, Evaluator, SearchSpace
+from tune.predict.serving import slo_violation
+from tune.search.grid import GridSearch
+from tune.search.nsga2 import NSGA2Search
+from tune.search.space import Candidate, Evaluation, Evaluator, SearchSpace
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tune.predictor import Predictor
+    from tune.predict.predictor import Predictor
 
 __all__ = [
     "Evaluate",
@@ -127,14 +128,14 @@ def optimize(
     :func:`tune.bench.measuring_evaluator`). Raises :class:`NoFeasibleConfig` when nothing in the
     space can run at all.
     """
-    from tune.predictor import Predictor
+    from tune.predict.predictor import Predictor
 
     started = time.perf_counter()
     if evaluate is None:
         evaluate = Evaluator(space, predictor or Predictor.load())
     algorithm = make_search(space, search, seed=seed, **(search_options or {}))
     if driver == "ray":
-        from tune.raytune import run_with_ray_tune
+        from tune.search.raytune import run_with_ray_tune
 
         state = run_with_ray_tune(algorithm, evaluate, max_concurrent_trials=max_concurrent_trials,
                                   seed=seed)
@@ -167,7 +168,7 @@ def choose_candidate(
     both SLOs; if none does, the row closest to meeting them (smallest summed relative excess).
     Returns the row's ``id``, its predictions and whether it meets the SLOs.
     """
-    from tune.predictor import Predictor
+    from tune.predict.predictor import Predictor
 
     if "id" not in frame.columns:
         raise InvalidInput("the candidates CSV needs an `id` column")
@@ -177,7 +178,7 @@ def choose_candidate(
     ttft = predicted["pred_ttft_ms"].to_numpy(dtype=float)
     tpot = predicted["pred_tpot_ms"].to_numpy(dtype=float)
     tps = predicted["pred_output_tps_per_gpu"].to_numpy(dtype=float)
-    violation = np.maximum(ttft / slo_ttft_ms - 1, 0) + np.maximum(tpot / slo_tpot_ms - 1, 0)
+    violation = slo_violation(ttft, tpot, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
     meets = violation <= 0
     if meets.any():
         position = int(np.flatnonzero(meets)[np.argmax(tps[meets])])

@@ -20,8 +20,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from tune.asktell import AskTell, SearchState
-from tune.space import Candidate, Evaluation, SearchSpace
+from tune.search.asktell import AskTell, SearchState
+from tune.search.space import Candidate, Evaluation, SearchSpace
 
 __all__ = ["AskTellSearcher", "run_with_ray_tune"]
 
@@ -36,7 +36,7 @@ def _score(e: Evaluation, objective: str) -> float:
 
 
 class AskTellSearcher(Searcher):
-    """Bridges an :class:`tune.asktell.AskTell` search into Ray Tune."""
+    """Bridges an :class:`tune.search.asktell.AskTell` search into Ray Tune."""
 
     def __init__(self, search: AskTell, space: SearchSpace) -> None:
         super().__init__(metric=SCORE, mode="max")

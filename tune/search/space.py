@@ -15,7 +15,7 @@ Evaluation (:class:`Evaluator`) prices a batch of candidates with the predictor 
   each costing about a decode step; a larger budget reserves more activation memory;
 * constraints: attention heads (and KV heads) divisible by ``tp``, ``tp`` within one NVLink
   domain, ``replicas * tp * pp`` within the GPU budget, weights plus the KV cache of ``b``
-  sequences of ``isl + osl`` tokens within memory (:func:`tune.roofline.memory_fit`);
+  sequences of ``isl + osl`` tokens within memory (:func:`tune.predict.roofline.memory_fit`);
 * SLOs (TTFT, TPOT, optional E2E) are soft constraints: ``violation`` is the summed relative
   excess, 0 when every SLO is met.
 
@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tune.architectures import Architecture, resolve_model
+from tune.catalog.architectures import Architecture, resolve_model
 from tune.errors import InvalidInput
-from tune.hardware import GPU, get_gpu
-from tune.roofline import PREFILL_CHUNK_TOKENS
+from tune.catalog.hardware import GPU, get_gpu
+from tune.predict.roofline import PREFILL_CHUNK_TOKENS
+from tune.predict.serving import e2e_ms, output_tps_per_gpu, slo_violation
 
 if TYPE_CHECKING:
-    from tune.predictor import Predictor
+    from tune.predict.predictor import Predictor
 
 __all__ = [
     "GENE_NAMES",
@@ -256,7 +257,7 @@ class Evaluator:
     def _evaluate(self, cands: list[Candidate]) -> list[Evaluation]:
         import pandas as pd
 
-        from tune.features import build_features
+        from tune.predict.features import build_features
 
         self.calls += 1
         s, arch = self.space, self.arch
@@ -285,26 +286,23 @@ class Evaluator:
         # prefill budget: extra chunks each ride a decode step; default engines use 8192
         extra_chunks = np.ceil(s.isl / budget) - np.ceil(s.isl / PREFILL_CHUNK_TOKENS)
         ttft = np.maximum(ttft + extra_chunks * tpot, 1e-3)
-        e2e = ttft + (s.osl - 1) * tpot
+        e2e = e2e_ms(ttft, tpot, s.osl)
         queued = np.maximum(load / batch - 1.0, 0.0)  # closed loop: wait for a running slot
         ttft = ttft + queued * e2e
-        e2e = ttft + (s.osl - 1) * tpot
+        e2e = e2e_ms(ttft, tpot, s.osl)
         # memory: KV capacity after the activation reserve of the chosen budget
         default_budget = np.full_like(budget, PREFILL_CHUNK_TOKENS)
         act_gb = _activation_gb(arch, budget, tp) - _activation_gb(arch, default_budget, tp)
         kv_seq = np.maximum(roof.kv_per_sequence_per_gpu_gb, 1e-12)
         capacity = np.floor(np.maximum(roof.max_concurrency - act_gb / kv_seq, 0.0))
-        tps_replica = batch * s.osl / (e2e / 1000.0)
-        tps_gpu = tps_replica / per_replica
+        tps_gpu = output_tps_per_gpu(batch, s.osl, e2e, per_replica)
+        tps_replica = tps_gpu * per_replica
         gpus_used = replicas * per_replica
         price = np.array([gpus[c.gpu].price_per_hour_usd for c in cands])
         total_tps = tps_replica * replicas
         cost = gpus_used * price / np.maximum(total_tps * 3600.0, 1e-9) * 1e6
-        violation = np.maximum(ttft / s.slo_ttft_ms - 1.0, 0.0) + np.maximum(
-            tpot / s.slo_tpot_ms - 1.0, 0.0
-        )
-        if s.slo_e2e_ms:
-            violation += np.maximum(e2e / s.slo_e2e_ms - 1.0, 0.0)
+        violation = slo_violation(ttft, tpot, slo_ttft_ms=s.slo_ttft_ms,
+                                  slo_tpot_ms=s.slo_tpot_ms, e2e=e2e, slo_e2e_ms=s.slo_e2e_ms)
         out = []
         for i, c in enumerate(cands):
             reason = self._infeasible(c, int(capacity[i]), int(batch[i]), max_replicas[i])
@@ -341,7 +339,7 @@ class Evaluator:
 
 
 def _native_bytes(arch: Architecture) -> float:
-    from tune.precision import resolve_formats
+    from tune.catalog.precision import resolve_formats
 
     gemm, _ = resolve_formats("", "", "", native=arch.native_precision, native_moe=arch.native_moe)
     return gemm.weight_bytes

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from tune.cli import register
-from tune.schema import MEASURED_COLUMNS
+from tune.predict.schema import MEASURED_COLUMNS
 
 FIRST_TOKEN_S = 0.030
 TOKEN_S = 0.005
@@ -145,8 +145,8 @@ def test_bench_reports_a_rejected_key(cli: typer.Typer, fake_server: str):
 
 def test_measured_search_benchmarks_each_candidate(fake_server: str):
     from tune.bench import BenchConfig, MeasuringEvaluator
-    from tune.optimize import optimize
-    from tune.space import SearchSpace
+    from tune.search.optimize import optimize
+    from tune.search.space import SearchSpace
 
     space = SearchSpace(
         model="Qwen/Qwen3-8B", gpus=("h100_sxm",), num_gpus=2, isl=32, osl=8, concurrency=4,

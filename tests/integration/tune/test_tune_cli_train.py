@@ -11,9 +11,9 @@ import typer
 from typer.testing import CliRunner
 
 from tune.cli import register
-from tune.predictor import Predictor
-from tune.roofline import roofline
-from tune.workload import resolve
+from tune.predict.predictor import Predictor
+from tune.predict.roofline import roofline
+from tune.predict.workload import resolve
 
 
 def _write_measurements(directory: Path, n: int = 160) -> None:

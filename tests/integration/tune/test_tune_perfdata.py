@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tune.perfdata import data_hash, default_data_dir, load_measured
-from tune.predictor import ARTIFACT_DIR
-from tune.training import cross_validate, usable_rows
+from tune.predict.perfdata import data_hash, default_data_dir, load_measured
+from tune.predict.predictor import ARTIFACT_DIR
+from tune.predict.training import cross_validate, usable_rows
 
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import ray
 
-from tune.optimize import optimize
-from tune.predictor import Predictor
-from tune.space import SearchSpace
+from tune.search.optimize import optimize
+from tune.predict.predictor import Predictor
+from tune.search.space import SearchSpace
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tune.optimize import optimize
-from tune.predictor import Predictor
-from tune.space import SearchSpace
+from tune.search.optimize import optimize
+from tune.predict.predictor import Predictor
+from tune.search.space import SearchSpace
 
 
 @pytest.fixture(scope="module")

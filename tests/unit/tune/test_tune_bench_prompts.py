@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from tune.bench import BenchConfig, LevelResult, PromptFactory, RequestRecord, bench_rows, write_rows
 from tune.errors import InvalidInput
-from tune.schema import MEASURED_COLUMNS
+from tune.predict.schema import MEASURED_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tune.architectures import CATALOG, load_config_json, resolve_model
+from tune.catalog.architectures import CATALOG, load_config_json, resolve_model
 from tune.errors import InvalidInput, InvalidModelConfig, UnknownGPU, UnknownModel
-from tune.hardware import GPUS, get_gpu
-from tune.precision import kv_cache_bytes, resolve_formats
+from tune.catalog.hardware import GPUS, get_gpu
+from tune.catalog.precision import kv_cache_bytes, resolve_formats
 
 MEASURED_MODELS = [  # every model_path of ../shared/perfdata/measured_serving.csv
     "MiniMaxAI/MiniMax-M2.5", "deepseek-ai/DeepSeek-R1", "openai/gpt-oss-120b",

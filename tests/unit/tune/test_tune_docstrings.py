@@ -8,9 +8,9 @@ import importlib
 import pytest
 
 MODULES = [
-    "tune", "tune.architectures", "tune.bench", "tune.deploy", "tune.features", "tune.grid",
-    "tune.hardware", "tune.nsga2", "tune.optimize", "tune.perfdata", "tune.precision",
-    "tune.predictor", "tune.roofline", "tune.schema", "tune.training", "tune.workload",
+    "tune", "tune.catalog.architectures", "tune.bench", "tune.search.deploy", "tune.predict.features", "tune.search.grid",
+    "tune.catalog.hardware", "tune.search.nsga2", "tune.search.optimize", "tune.predict.perfdata", "tune.catalog.precision",
+    "tune.predict.predictor", "tune.predict.roofline", "tune.predict.estimate", "tune.predict.serving", "tune.predict.schema", "tune.predict.training", "tune.predict.workload",
 ]
 
 

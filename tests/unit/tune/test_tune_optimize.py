@@ -11,11 +11,11 @@ import typer
 from typer.testing import CliRunner
 
 from tune.cli import register
-from tune.deploy import deployment_spec, placement_group_bundles
+from tune.search.deploy import deployment_spec, placement_group_bundles
 from tune.errors import InvalidInput
-from tune.optimize import choose_candidate, optimize
-from tune.predictor import Predictor
-from tune.space import Evaluator, SearchSpace
+from tune.search.optimize import choose_candidate, optimize
+from tune.predict.predictor import Predictor
+from tune.search.space import Evaluator, SearchSpace
 
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from tune.cli import register
 from tune.errors import ArtifactError, InvalidInput, UnknownGPU, UnknownModel
-from tune.predictor import ARTIFACT_DIR, Predictor
-from tune.schema import INPUT_COLUMNS, PREDICTION_COLUMNS
+from tune.predict.predictor import ARTIFACT_DIR, Predictor
+from tune.predict.schema import INPUT_COLUMNS, PREDICTION_COLUMNS
 
 FULL_ROW = {
     "backend": "vllm", "backend_version": "0.19.0", "model_path": "Qwen/Qwen3-235B-A22B-FP8",

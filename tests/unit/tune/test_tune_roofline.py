@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tune.roofline import estimate, roofline
-from tune.workload import resolve
+from tune.predict.estimate import estimate
+from tune.predict.roofline import roofline
+from tune.predict.workload import resolve
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 

@@ -7,18 +7,18 @@ from dataclasses import replace
 
 import pytest
 
-from tune.asktell import best_of, pareto_front
-from tune.grid import GridSearch
-from tune.nsga2 import NSGA2Search
-from tune.operators import (
+from tune.search.asktell import best_of, pareto_front
+from tune.search.grid import GridSearch
+from tune.search.nsga2 import NSGA2Search
+from tune.search.operators import (
     MixedMutation,
     StepMutation,
     TwoPointCrossover,
     UniformCrossover,
     UniformIntMutation,
 )
-from tune.optimize import drive
-from tune.space import Candidate, Evaluation, SearchSpace
+from tune.search.optimize import drive
+from tune.search.space import Candidate, Evaluation, SearchSpace
 
 SPACE = SearchSpace(
     model="meta-llama/Llama-3.1-8B-Instruct", gpus=("h100_sxm", "l40s", "a100_sxm_80gb"),

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from tune.errors import DataError
-from tune.perfdata import data_hash, load_measured
-from tune.predictor import Predictor
-from tune.roofline import roofline
-from tune.training import SCHEMES, cross_validate, train, usable_rows
-from tune.workload import resolve
+from tune.predict.perfdata import data_hash, load_measured
+from tune.predict.predictor import Predictor
+from tune.predict.roofline import roofline
+from tune.predict.training import SCHEMES, cross_validate, train, usable_rows
+from tune.predict.workload import resolve
 
 SMALL = {"n_estimators": 20, "max_depth": 3}
 
