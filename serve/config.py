@@ -181,6 +181,9 @@ class LimitsConfig(_Strict):
 
 class GatewayConfig(_Strict):
     replicas: PositiveInt = 1
+    max_body_bytes: PositiveInt = Field(
+        default=4 * 1024 * 1024, description="larger request bodies get 413 before they are read whole"
+    )
     num_cpus: PositiveFloat = 0.2
     max_ongoing_requests: PositiveInt = 256
     key_refresh_s: PositiveFloat = 2.0

@@ -22,7 +22,7 @@ from ray.serve.deployment import Application
 from serve.auth import KeySource
 from serve.config import GatewayConfig, LimitsConfig, MetricsConfig, ModelConfig
 from serve.gateway.breaker import CircuitBreaker
-from serve.gateway.errors import error_body
+from serve.gateway.errors import PayloadTooLarge, error_body
 from serve.gateway.keycache import KeyCache
 from serve.gateway.ratelimit import build_limiter
 from serve.gateway.routing import ModelRoute, Router, Slot
@@ -81,20 +81,28 @@ def create_app(
         body = error_body(str(exc.detail), "invalid_request_error", None, None)
         return Response(body, status_code=exc.status_code, media_type=JSON)
 
+    limit = settings.max_body_bytes
+
+    async def with_body(request: Request, endpoint: str, handle) -> Response:
+        svc: GatewayService = request.app.state.gateway
+        auth = request.headers.get("authorization")
+        try:
+            raw = await read_body(request, limit)
+        except PayloadTooLarge as err:
+            return _respond(await svc.refuse(endpoint, auth, err))
+        return _respond(await handle(svc, auth, raw))
+
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        svc: GatewayService = request.app.state.gateway
-        return _respond(await svc.chat_completions(request.headers.get("authorization"), await request.body()))
+        return await with_body(request, "chat.completions", GatewayService.chat_completions)
 
     @app.post("/completions")
     async def completions(request: Request) -> Response:
-        svc: GatewayService = request.app.state.gateway
-        return _respond(await svc.completions(request.headers.get("authorization"), await request.body()))
+        return await with_body(request, "completions", GatewayService.completions)
 
     @app.post("/embeddings")
     async def embeddings(request: Request) -> Response:
-        svc: GatewayService = request.app.state.gateway
-        return _respond(await svc.embeddings(request.headers.get("authorization"), await request.body()))
+        return await with_body(request, "embeddings", GatewayService.embeddings)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -149,6 +157,21 @@ def build_routes(
         ranks = [[slots[name] for name in rank] for rank in model.ranks()]
         routes[model_name] = ModelRoute(name=model_name, ranks=ranks, config=model)
     return routes
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with :class:`PayloadTooLarge` as soon as it is known to be
+    over ``limit`` bytes: from ``Content-Length`` before reading, else while reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit, int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _respond(reply: Reply) -> Response:

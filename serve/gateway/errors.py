@@ -5,6 +5,7 @@
     ├── AuthenticationFailed          401 invalid_request_error / invalid_api_key
     ├── PermissionDenied              403 permission_error      (model not allowed for the key)
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
+    ├── PayloadTooLarge               413 invalid_request_error / request_too_large ([gateway] max_body_bytes)
     ├── RateLimited                   429 requests|tokens / rate_limit_exceeded   (rpm, tpm)
     ├── QuotaExceeded                 429 insufficient_quota / insufficient_quota (budgets)
     ├── LimitsUnavailable             503 server_error / limits_unavailable       (limit store down)
@@ -81,6 +82,18 @@ class ModelNotFound(GatewayError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class PayloadTooLarge(GatewayError):
+    """The body is over ``[gateway] max_body_bytes``; refused before it is read whole."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        got = f"is {size:,} bytes" if size is not None else "exceeds it"
+        super().__init__(f"The request body {got}; the limit is {limit:,} bytes.")
 
 
 class RateLimited(GatewayError):

@@ -1,19 +1,23 @@
 """OpenAI request bodies, validated.
 
 Unknown fields are accepted and ignored (clients send many optional ones); known fields are
-checked, and a violation becomes a 400 that names the parameter.
+checked, and a violation becomes a 400 that names the parameter and the real problem (for a
+field that takes several shapes, the problem with the shape the client sent). Lists are bounded
+as OpenAI bounds them: at most 2,048 messages and 2,048 embedding inputs.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.gateway.errors import InvalidRequest
 
-
+MAX_MESSAGES = 2048
+MAX_EMBEDDING_INPUTS = 2048
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -67,7 +71,7 @@ class _Sampling(_Lenient):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
     @property
@@ -90,7 +94,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Lenient):
     model: str = Field(min_length=1)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
 
@@ -121,12 +125,49 @@ def parse_body(raw: bytes, schema: type[T]) -> T:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = [str(p) for p in err["loc"]]
-        param = loc[0] if loc else None
-        where = ".".join(loc) or "body"
-        message = f"Missing required parameter: '{where}'." if err["type"] == "missing" else f"Invalid value for '{where}': {err['msg']}."
+        message, param = _describe(exc, data)
         raise InvalidRequest(message, param=param) from None
+
+
+def _describe(exc: ValidationError, data: dict) -> tuple[str, str | None]:
+    """The first problem, as ``(message, param)``. Pydantic reports a field that takes several
+    shapes (``str | list[str]``) once per shape, with the shape's name in the location; the
+    error that counts is the one for the shape of the value the client sent."""
+    errors = [_located(err, data) for err in exc.errors(include_url=False)]
+    path, err = min(errors, key=lambda e: not e[2])[:2]  # an error of the sent shape first
+    where = ".".join(str(p) for p in path) or "body"
+    param = str(path[0]) if path else None
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "missing":
+        return f"Missing required parameter: '{where}'.", param
+    if kind == "too_long":
+        return f"'{where}' has {ctx.get('actual_length')} items; at most {ctx.get('max_length')} are allowed.", param
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return f"'{where}' must not be empty.", param
+    return f"Invalid value for '{where}': {err['msg'].removeprefix('Value error, ')}.", param
+
+
+_SHAPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
+
+
+def _located(err: dict, data: Any) -> tuple[list, dict, bool]:
+    """The error's location without shape names, and whether every shape named matches the
+    value found there (``input.list[str]`` for a list: yes; ``input.str`` for a list: no)."""
+    path, value, matches = [], data, True
+    for part in err["loc"]:
+        if isinstance(value, dict) and part in value:
+            path.append(part)
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int):
+            path.append(part)
+            value = value[part] if part < len(value) else None
+        elif isinstance(part, str) and ("[" in part or part in _SHAPES or part[:1].isupper()):
+            shape = _SHAPES.get(part.split("[", 1)[0], dict)  # a model's name: a JSON object
+            matches = matches and isinstance(value, shape) and not (shape is int and isinstance(value, bool))
+        else:
+            path.append(part)  # a missing key, or a field of an object not sent
+            value = None
+    return path, err, matches
 
 
 def model_name_hint(raw: bytes) -> str:

@@ -140,6 +140,18 @@ class GatewayService:
         finally:
             self._finish(track)
 
+    async def refuse(self, endpoint: str, authorization: str | None, err: GatewayError) -> Reply:
+        """A request refused before its body was read (too large): still one metrics row."""
+        track = _Tracker(endpoint, "req-" + uuid.uuid4().hex, None)
+        try:
+            track.key(await self._keys.authenticate(authorization))
+        except GatewayError as auth_err:
+            err = auth_err
+        try:
+            return self._error_reply(track, err)
+        finally:
+            self._finish(track)
+
     async def models(self, authorization: str | None) -> Reply:
         try:
             key = await self._keys.authenticate(authorization)

@@ -73,3 +73,28 @@ def test_embedding_inputs():
     for bad in ({"input": ""}, {"input": []}, {"input": "x", "encoding_format": "hex"}):
         with pytest.raises(InvalidRequest):
             parse_body(body(**bad), EmbeddingRequest)
+
+
+@pytest.mark.parametrize(
+    ("raw", "schema", "param", "message"),
+    [
+        # a field of several shapes: the problem with the shape that was sent, not with another
+        (body(input=["x"] * 5001), EmbeddingRequest, "input", "'input' has 5001 items; at most 2048 are allowed."),
+        (body(input=["x", 3]), EmbeddingRequest, "input", "Invalid value for 'input.1': Input should be a valid string."),
+        (body(messages=MSG * 2049), ChatCompletionRequest, "messages", "'messages' has 2049 items; at most 2048"),
+        (body(messages=MSG, stop=["a"] * 5), ChatCompletionRequest, "stop", "'stop' has 5 items; at most 4"),
+        (body(prompt=["a", "b"]), CompletionRequest, "prompt", "'prompt' has 2 items; at most 1"),
+        (body(input=[]), EmbeddingRequest, "input", "'input' must not be empty."),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "text"}]}]),
+            ChatCompletionRequest, "messages", "Missing required parameter: 'messages.0.content.0.text'.",
+        ),
+        (body(messages=MSG, temperature=3), ChatCompletionRequest, "temperature", "Invalid value for 'temperature'"),
+    ],
+)
+def test_errors_name_the_real_problem(raw, schema, param, message):
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(raw, schema)
+    assert exc.value.param == param
+    assert exc.value.message.startswith(message)
+    assert "str" not in exc.value.message.split(":")[0]  # no pydantic shape names in the location
