@@ -5,6 +5,7 @@ the same code) and every replica talks to it through :class:`MetricsClient`:
 
     gateway replica ──MetricsRecorder(batches)──► MetricsActor ──► chdb / ClickHouse
     control replica ──MetricsClient.usage()────►      │
+                    ──.timeseries() / .top()──►      │   (from the rollups)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 
 import ray
 
-from serve.metrics.records import RequestRecord, UsageReport
+from serve.metrics.records import Ranking, RequestRecord, TimeSeries, UsageReport
 from serve.metrics.store import MetricsStore, open_backend
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ class MetricsActor:
 
     async def count(self) -> int:
         return await self._store.count()
+
+    async def timeseries(self, metric: str, interval: str, kwargs: dict) -> TimeSeries:
+        return await self._store.timeseries(metric, interval, **kwargs)
+
+    async def top(self, metric: str, by: str, kwargs: dict) -> Ranking:
+        return await self._store.top(metric, by, **kwargs)
 
     async def insert_benchmarks(self, rows: list[dict]) -> int:
         return await self._store.insert_benchmarks(rows)
@@ -78,6 +85,14 @@ class MetricsClient:
 
     async def count(self) -> int:
         return await asyncio.wait_for(self._actor.count.remote(), CALL_TIMEOUT_S)
+
+    async def timeseries(self, metric: str, interval: str, **kwargs) -> TimeSeries:
+        """:meth:`MetricsStore.timeseries` in the actor (same arguments)."""
+        return await asyncio.wait_for(self._actor.timeseries.remote(metric, interval, kwargs), CALL_TIMEOUT_S)
+
+    async def top(self, metric: str, by: str, **kwargs) -> Ranking:
+        """:meth:`MetricsStore.top` in the actor (same arguments)."""
+        return await asyncio.wait_for(self._actor.top.remote(metric, by, kwargs), CALL_TIMEOUT_S)
 
     async def insert_benchmarks(self, rows: list[dict]) -> int:
         return await asyncio.wait_for(self._actor.insert_benchmarks.remote(rows), CALL_TIMEOUT_S)

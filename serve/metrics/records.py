@@ -1,4 +1,5 @@
-"""One row per gateway request, and the usage report built from those rows."""
+"""One row per gateway request, and what the store reports from those rows: the usage report,
+time series and rankings (the last two from the rollups)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class RequestRecord:
     attempts: int = 0  # provider attempts (retries and fallbacks included)
     fallback_used: bool = False  # served by a fallback model
     cost_usd: float = 0.0  # from the serving model's pricing
+    deployment: str = ""  # the deployment that served it, where one is known
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,3 +57,32 @@ class UsageReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class Series:
+    """One group's values, one per bucket start (UTC), oldest first; empty buckets are 0."""
+
+    group: str
+    points: list[tuple[datetime, float]]
+
+
+@dataclass(slots=True)
+class TimeSeries:
+    metric: str
+    interval: str
+    since: datetime  # the first bucket's start
+    until: datetime  # the end of the last bucket
+    series: list[Series]
+
+
+@dataclass(slots=True)
+class Ranking:
+    """Groups ordered by a metric over ``[since, until)``, highest first."""
+
+    metric: str
+    by: str
+    since: datetime
+    until: datetime
+    interval: str  # the rollup that answered
+    data: list[tuple[str, float]]

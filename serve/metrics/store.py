@@ -23,55 +23,10 @@ from datetime import datetime, timezone
 from typing import Protocol
 from urllib.parse import urlparse
 
-from serve.metrics.records import ModelUsage, RequestRecord, UsageReport
+from serve.metrics import rollups
+from serve.metrics.migrations import BENCH_COLUMNS, BENCH_TABLE, TABLE, migrate
+from serve.metrics.records import ModelUsage, Ranking, RequestRecord, Series, TimeSeries, UsageReport
 
-TABLE = "requests"
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    request_id String,
-    ts DateTime64(3, 'UTC'),
-    endpoint LowCardinality(String),
-    model LowCardinality(String),
-    status UInt16,
-    project_id String,
-    key_id String,
-    provider LowCardinality(String),
-    error_type LowCardinality(String),
-    prompt_tokens UInt32,
-    completion_tokens UInt32,
-    ttft_ms Nullable(Float64),
-    latency_ms Float64,
-    streamed Bool,
-    attempts UInt8,
-    fallback_used Bool,
-    cost_usd Float64
-) ENGINE = MergeTree
-ORDER BY (model, ts)
-"""
-
-BENCH_TABLE = "benchmarks"
-# The measured-data schema (tune/'s training data, ../shared/perfdata/measured_serving.csv), so
-# measurements of live deployments retrain the predictor. Other columns travel in `extra` (JSON).
-BENCH_COLUMNS = {
-    "id": "String", "backend": "String", "backend_version": "String", "model_path": "String",
-    "system": "String", "precision": "String", "gemm_quant_mode": "String", "moe_quant_mode": "String",
-    "isl": "UInt32", "osl": "UInt32", "batch_size": "Float64", "tp_size": "Float64", "pp_size": "Float64",
-    "attention_dp_size": "Float64", "moe_tp_size": "Float64", "moe_ep_size": "Float64",
-    "silicon_ttft_ms": "Float64", "silicon_tpot_ms": "Float64",
-}  # fmt: skip
-_BENCH_SCHEMA = (
-    f"CREATE TABLE IF NOT EXISTS {BENCH_TABLE} (ts DateTime64(3, 'UTC'), "
-    + ", ".join(f"{name} {kind}" for name, kind in BENCH_COLUMNS.items())
-    + ", extra String) ENGINE = MergeTree ORDER BY (model_path, ts)"
-)
-
-# Columns added after the first release; applied to stores created before them.
-_UPGRADES = [
-    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS attempts UInt8",
-    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS fallback_used Bool",
-    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS cost_usd Float64",
-]
 
 
 class MetricsBackendError(Exception):
@@ -177,10 +132,7 @@ class MetricsStore:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
-        backend.command(_SCHEMA)
-        backend.command(_BENCH_SCHEMA)
-        for statement in _UPGRADES:
-            backend.command(statement)
+        migrate(backend)
 
     async def insert(self, rows: list[RequestRecord]) -> None:
         if not rows:
@@ -238,6 +190,82 @@ class MetricsStore:
             cost_usd=round(sum(m.cost_usd for m in models), 6),
             models=models,
         )
+
+    async def timeseries(
+        self,
+        metric: str,
+        interval: str,
+        *,
+        since: datetime,
+        until: datetime,
+        group_by: str | None = None,
+        project_id: str | None = None,
+    ) -> TimeSeries:
+        """``metric`` per ``interval`` bucket over ``[since, until)``, from that interval's rollup.
+
+        ``since`` rounds down and ``until`` up to bucket starts; buckets without data are 0. One
+        series per value of ``group_by`` (``model``, ``project``, ``provider``, ``key``,
+        ``deployment``) seen in the range, or one series, group ``"all"``, without it. Raises
+        ``ValueError`` naming the argument that is out of range.
+        """
+        _check(metric=metric, interval=interval, group_by=group_by)
+        rollup = rollups.ROLLUPS[interval]
+        since_s = rollups.floor_s(_epoch(since), rollup.step_s)
+        until_s = rollups.ceil_s(_epoch(until), rollup.step_s)
+        if until_s <= since_s:
+            raise ValueError("until: must be later than since")
+        buckets = (until_s - since_s) // rollup.step_s
+        if buckets > MAX_POINTS:
+            raise ValueError(
+                f"interval: {buckets} buckets of {interval} in the range; at most {MAX_POINTS} (use a coarser interval)"
+            )
+        sql = rollups.timeseries_sql(
+            metric, interval, since_s=since_s, until_s=until_s, group_by=group_by, project_id=project_id
+        )
+        async with self._lock:
+            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        values: dict[str, dict[int, float]] = {}
+        for row in rows:
+            values.setdefault(row["g"], {})[int(row["t"])] = _value(metric, row["v"])
+        if not group_by:
+            values = {"all": values.get("", {})}
+        starts = range(since_s, until_s, rollup.step_s)
+        series = [
+            Series(group=group, points=[(_utc(t), by_t.get(t, 0)) for t in starts])
+            for group, by_t in sorted(values.items())
+        ]
+        return TimeSeries(metric, interval, _utc(since_s), _utc(until_s), series)
+
+    async def top(
+        self,
+        metric: str,
+        by: str,
+        *,
+        since: datetime,
+        until: datetime,
+        limit: int = 10,
+        project_id: str | None = None,
+    ) -> Ranking:
+        """The ``limit`` groups of ``by`` with the highest ``metric`` over ``[since, until)``.
+
+        Read from the coarsest rollup whose buckets fit the range (a calendar month reads daily
+        buckets); a range off 5-minute marks widens to them.
+        """
+        _check(metric=metric, by=by)
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit: must be between 1 and 1000")
+        rollup = rollups.fitting_rollup(_epoch(since), _epoch(until))
+        since_s = rollups.floor_s(_epoch(since), rollup.step_s)
+        until_s = rollups.ceil_s(_epoch(until), rollup.step_s)
+        if until_s <= since_s:
+            raise ValueError("until: must be later than since")
+        sql = rollups.top_sql(
+            metric, by, rollup=rollup, since_s=since_s, until_s=until_s, project_id=project_id, limit=limit
+        )
+        async with self._lock:
+            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        data = [(row["g"], _value(metric, row["v"])) for row in rows]
+        return Ranking(metric, by, _utc(since_s), _utc(until_s), rollup.interval, data)
 
     async def insert_benchmarks(self, rows: list[dict]) -> int:
         """Store ``foundry bench`` rows (measured-data schema; other keys kept in ``extra``)."""
@@ -321,14 +349,50 @@ def _where(since: datetime | None, until: datetime | None, project_id: str | Non
     return ("WHERE " + " AND ".join(clauses)) if clauses else ""
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+_quote = rollups.quote
 
 
 def _ident(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ValueError(f"invalid ClickHouse database name {name!r}")
     return name
+
+
+MAX_POINTS = 10_000  # buckets per series
+
+
+def _check(**args: str | None) -> None:
+    valid = {
+        "metric": rollups.METRICS,
+        "interval": rollups.ROLLUPS,
+        "group_by": rollups.DIMENSIONS,
+        "by": rollups.DIMENSIONS,
+    }
+    for name, value in args.items():
+        if value is None and name == "group_by":
+            continue
+        if value not in valid[name]:
+            raise ValueError(f"{name}: {value!r} is not one of {', '.join(valid[name])}")
+
+
+def _epoch(dt: datetime) -> float:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _utc(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, timezone.utc)
+
+
+def _value(metric: str, v) -> float | int:
+    """A rollup aggregate as a number: counts as ints; no data (NaN/null percentile) as 0."""
+    if v is None:
+        return 0
+    f = float(v)
+    if f != f:
+        return 0
+    return int(round(f)) if metric in rollups.COUNT_METRICS else round(f, 6)
 
 
 def _num(v) -> float | None:

@@ -1,23 +1,16 @@
 """The metrics store on both backends: chdb in-process, and clickhouse-connect over ClickHouse's
-HTTP interface (tests/fakes/clickhouse_http.py, the real engine in a process of its own); and the
-batching recorder."""
+HTTP interface (the ``clickhouse_url`` fixture: tests/fakes/clickhouse_http.py, the real engine in a
+process of its own); and the batching recorder."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
-import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import httpx
 import pytest
 
 from serve.metrics import ChdbStore, ClickHouseHTTPBackend, MetricsBackendError, MetricsRecorder, MetricsStore, RequestRecord
-
-REPO = Path(__file__).resolve().parents[3]
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -36,31 +29,6 @@ def rec(i: int, **kw) -> RequestRecord:
         latency_ms=float(10 * i),
     )
     return RequestRecord(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def clickhouse_url(tmp_path_factory):
-    """A ClickHouse HTTP endpoint (the chdb engine behind ClickHouse's HTTP protocol)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.clickhouse_http", "--port", str(port),
-         "--path", str(tmp_path_factory.mktemp("clickhouse"))],
-        cwd=REPO,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "the ClickHouse HTTP front did not start"
-        time.sleep(0.1)
-    yield f"http://default:@127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(params=["chdb", "clickhouse-http"])

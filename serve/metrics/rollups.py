@@ -1,0 +1,170 @@
+"""Rollups of the request log that ClickHouse maintains itself, and the queries they answer.
+
+Each interval has an ``AggregatingMergeTree`` table fed by a materialized view on every insert
+into the raw ``requests`` table::
+
+    INSERT ─► requests ──requests_5m_mv──► requests_5m   (5-minute buckets)
+                       ──requests_1h_mv──► requests_1h   (hourly)
+                       ──requests_1d_mv──► requests_1d   (daily, UTC)
+
+A rollup row is one bucket of one (model, project, key, provider, deployment): counts and sums
+as ``SimpleAggregateFunction(sum)``, latency and TTFT as t-digest quantile *states*, so a
+percentile over many buckets or groups merges the states (``quantilesTDigestIfMerge``) instead of
+averaging percentiles. Failed requests (status >= 400) count as requests and errors but stay out
+of the latency and TTFT percentiles, as in the usage report.
+
+The tables, views and the one-time back-fill of rows that predate them are a migration of the
+store (:mod:`serve.metrics.migrations`). Queries here read the rollups only, never the raw rows:
+a time series reads the rollup of its interval, a ranking reads the coarsest rollup whose
+buckets fit its time range.
+
+Example:
+    >>> sql = timeseries_sql("requests", "1h", since_s=0, until_s=7200, group_by="model", project_id=None)
+    >>> "FROM requests_1h" in sql and "GROUP BY t, g" in sql
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RAW_TABLE = "requests"
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    interval: str  # as the API spells it
+    step_s: int
+    table: str
+    bucket: str  # ClickHouse expression of a row's bucket start
+
+    @property
+    def view(self) -> str:
+        return f"{self.table}_mv"
+
+
+ROLLUPS: dict[str, Rollup] = {
+    r.interval: r
+    for r in (
+        Rollup("5m", 300, "requests_5m", "toStartOfInterval(ts, INTERVAL 5 MINUTE)"),
+        Rollup("1h", 3600, "requests_1h", "toStartOfHour(ts)"),
+        Rollup("1d", 86400, "requests_1d", "toStartOfDay(ts)"),
+    )
+}
+INTERVALS = tuple(ROLLUPS)
+
+# API name -> rollup column
+DIMENSIONS: dict[str, str] = {
+    "model": "model",
+    "project": "project_id",
+    "provider": "provider",
+    "key": "key_id",
+    "deployment": "deployment",
+}
+
+_QUANTILES = "quantilesTDigestIfMerge(0.5, 0.95)"
+# API name -> aggregate over rollup rows (Float64)
+METRICS: dict[str, str] = {
+    "requests": "sum(requests)",
+    "errors": "sum(errors)",
+    "tokens": "sum(prompt_tokens) + sum(completion_tokens)",
+    "cost": "sum(cost_usd)",
+    "latency_p50": f"{_QUANTILES}(latency_ms)[1]",
+    "latency_p95": f"{_QUANTILES}(latency_ms)[2]",
+    "ttft_p50": f"{_QUANTILES}(ttft_ms)[1]",
+    "ttft_p95": f"{_QUANTILES}(ttft_ms)[2]",
+}
+COUNT_METRICS = frozenset({"requests", "errors", "tokens"})
+
+
+def create_statements(rollup: Rollup) -> list[str]:
+    """DDL of one rollup, with the back-fill of the raw rows that exist now.
+
+    Safe to re-run after a crash part-way: the view is dropped and the table emptied before
+    the back-fill, and the view is created last. The store runs this before it accepts inserts
+    (one writer owns the store), so no row is counted twice or missed.
+    """
+    select = f"""
+        SELECT toDateTime({rollup.bucket}, 'UTC') AS t,
+               model, project_id, key_id, provider, deployment,
+               count() AS requests,
+               countIf(status >= 400) AS errors,
+               sum(toUInt64(prompt_tokens)) AS prompt_tokens,
+               sum(toUInt64(completion_tokens)) AS completion_tokens,
+               sum(cost_usd) AS cost_usd,
+               quantilesTDigestIfState(0.5, 0.95)(latency_ms, status < 400) AS latency_ms,
+               quantilesTDigestIfState(0.5, 0.95)(ttft_ms, status < 400) AS ttft_ms
+        FROM {RAW_TABLE}
+        GROUP BY t, model, project_id, key_id, provider, deployment"""
+    return [
+        f"DROP VIEW IF EXISTS {rollup.view}",
+        f"""CREATE TABLE IF NOT EXISTS {rollup.table} (
+            t DateTime('UTC'),
+            model LowCardinality(String),
+            project_id String,
+            key_id String,
+            provider LowCardinality(String),
+            deployment LowCardinality(String),
+            requests SimpleAggregateFunction(sum, UInt64),
+            errors SimpleAggregateFunction(sum, UInt64),
+            prompt_tokens SimpleAggregateFunction(sum, UInt64),
+            completion_tokens SimpleAggregateFunction(sum, UInt64),
+            cost_usd SimpleAggregateFunction(sum, Float64),
+            latency_ms AggregateFunction(quantilesTDigestIf(0.5, 0.95), Float64, UInt8),
+            ttft_ms AggregateFunction(quantilesTDigestIf(0.5, 0.95), Nullable(Float64), UInt8)
+        ) ENGINE = AggregatingMergeTree
+        ORDER BY (t, model, project_id, key_id, provider, deployment)""",
+        f"TRUNCATE TABLE {rollup.table}",
+        f"INSERT INTO {rollup.table} {select}",
+        f"CREATE MATERIALIZED VIEW {rollup.view} TO {rollup.table} AS {select}",
+    ]
+
+
+def floor_s(epoch_s: float, step_s: int) -> int:
+    return int(epoch_s // step_s) * step_s
+
+
+def ceil_s(epoch_s: float, step_s: int) -> int:
+    return -int(-epoch_s // step_s) * step_s
+
+
+def fitting_rollup(since_s: float, until_s: float) -> Rollup:
+    """The coarsest rollup whose buckets start at ``since`` and end at ``until`` (5 min if none)."""
+    for rollup in sorted(ROLLUPS.values(), key=lambda r: -r.step_s):
+        if since_s % rollup.step_s == 0 and until_s % rollup.step_s == 0:
+            return rollup
+    return ROLLUPS["5m"]
+
+
+def timeseries_sql(
+    metric: str, interval: str, *, since_s: int, until_s: int, group_by: str | None, project_id: str | None
+) -> str:
+    """One row per non-empty (bucket, group): ``t`` (epoch seconds), ``g`` (group), ``v``."""
+    rollup = ROLLUPS[interval]
+    group = DIMENSIONS[group_by] if group_by else "''"
+    return f"""
+        SELECT toUnixTimestamp(t) AS t, {group} AS g, toFloat64({METRICS[metric]}) AS v
+        FROM {rollup.table}
+        {_where(since_s, until_s, project_id)}
+        GROUP BY t, g ORDER BY g, t"""
+
+
+def top_sql(metric: str, by: str, *, rollup: Rollup, since_s: int, until_s: int, project_id: str | None, limit: int) -> str:
+    """The ``limit`` groups of ``by`` with the highest ``metric`` over the range: ``g``, ``v``."""
+    return f"""
+        SELECT {DIMENSIONS[by]} AS g, toFloat64({METRICS[metric]}) AS v
+        FROM {rollup.table}
+        {_where(since_s, until_s, project_id)}
+        GROUP BY g ORDER BY v DESC, g LIMIT {int(limit)}"""
+
+
+def _where(since_s: int, until_s: int, project_id: str | None) -> str:
+    clauses = [f"t >= toDateTime({int(since_s)}, 'UTC')", f"t < toDateTime({int(until_s)}, 'UTC')"]
+    if project_id is not None:
+        clauses.append(f"project_id = {quote(project_id)}")
+    return "WHERE " + " AND ".join(clauses)
+
+
+def quote(value: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
