@@ -64,12 +64,26 @@ class ControlConfig(_Strict):
     num_cpus: PositiveFloat = 0.1
 
 
+class AuthConfig(_Strict):
+    """Sign-in through an OIDC issuer (``[auth]``). Without it, only API keys work."""
+
+    oidc_issuer: str = Field(
+        pattern=r"^https?://[^\s/]+", description="discovery at <issuer>/.well-known/openid-configuration"
+    )
+    oidc_audience: str = Field(min_length=1, description="the 'aud' tokens must carry (the client id)")
+    roles_claim: str = Field(default="roles", min_length=1, description='dotted path, e.g. "realm_access.roles"')
+    admin_roles: list[str] = Field(default=["foundry-admin"], description="roles that make a global admin")
+    email_claim: str = Field(default="email", min_length=1)
+    jwks_refresh_s: PositiveFloat = Field(default=300.0, description="how long the issuer's keys are cached")
+
+
 class FoundryConfig(_Strict):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     metrics: MetricsConfig = MetricsConfig()
     gateway: GatewayConfig = GatewayConfig()
     control: ControlConfig = ControlConfig()
+    auth: AuthConfig | None = None
     limits: LimitsConfig = LimitsConfig()
     runtimes: dict[str, RuntimeConfig] = {}
     models: dict[str, ModelConfig] = {}
@@ -98,9 +112,10 @@ class FoundryConfig(_Strict):
         return provider.runtime or model_name
 
 
-def ray_environment(config: FoundryConfig) -> dict[str, str]:
+def ray_environment(config: FoundryConfig, home: Path | None = None) -> dict[str, str]:
     """Environment a local Ray cluster must start with for this config. Ray reads these when its
-    modules are imported and when it spawns workers, so set them before importing ``ray.serve``."""
+    modules are imported and when it spawns workers, so set them before importing ``ray.serve``.
+    With ``home``, Serve's HAProxy keeps its files in a directory of that home's own."""
     env = {
         # Ray starts workers at nice 15 (batch jobs yielding to the driver); here the workers
         # *are* the service.
@@ -111,6 +126,10 @@ def ray_environment(config: FoundryConfig) -> dict[str, str]:
         # On shutdown a replica stays reachable this long so load balancers can deregister it;
         # Serve's HAProxy is the only one here, and it learns at once.
         env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
+        if home is not None:
+            from control.leftovers import haproxy_paths
+
+            env.update(haproxy_paths(home))
     return env
 
 

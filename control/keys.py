@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from control.db import create_engine, create_sessionmaker, parse_url
-from control.errors import AuthenticationFailed, BootstrapError, InvalidRequest, NotFound
-from control.models import ApiKey, Project, utcnow
+from control.audit import Audit
+from control.errors import AuthenticationFailed, BootstrapError, Conflict, InvalidRequest, NotFound
+from control.models import ApiKey, Project, ProjectMember, User, utcnow
 from control.projects import ensure_project, find_project
 from control.schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate, RateLimits
 from serve.auth import ApiKeyInfo, Budget, ModelLimit, display_prefix, hash_key, new_key
@@ -34,8 +35,11 @@ ADMIN_PROJECT = "admin"
 DEFAULT_PROJECT = "default"
 
 
-async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
-    """A new key in project ``spec.project`` (created if missing). The result holds the secret."""
+async def create_key(
+    session: AsyncSession, spec: KeyCreate, *, owner_id: str | None = None, audit: Audit | None = None
+) -> KeyCreated:
+    """A new key in project ``spec.project`` (created if missing), acting for user ``owner_id``.
+    The result holds the secret; the audit record does not."""
     now = utcnow()
     expires_at = spec.expires_at
     if spec.expires_in_days is not None:
@@ -46,6 +50,7 @@ async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
     secret = new_key()
     key = ApiKey(
         project=project,
+        owner_id=owner_id,
         name=spec.name,
         prefix=display_prefix(secret),
         key_hash=hash_key(secret),
@@ -62,16 +67,32 @@ async def create_key(session: AsyncSession, spec: KeyCreate) -> KeyCreated:
         updated_at=now,
     )
     session.add(key)
+    await session.flush()
+    if audit is not None:
+        changes = spec.model_dump(exclude_none=True) | {"owner_id": owner_id, "prefix": key.prefix}
+        await audit.append(session, "key.create", f"key:{key.id}", project_id=project.id, changes=changes)
     await session.commit()
     return KeyCreated(**public_key(key).model_dump(), key=secret)
 
 
-async def update_key(session: AsyncSession, key_id: str, spec: KeyUpdate) -> KeyPublic:
-    """Change the fields given in ``spec`` (``None`` clears); gateways follow within their
-    refresh interval. :class:`NotFound` if unknown."""
+async def get_key(session: AsyncSession, key_id: str) -> ApiKey:
+    """The key with id ``key_id``, revoked or not; :class:`NotFound` if unknown."""
     key = await session.get(ApiKey, key_id, options=[selectinload(ApiKey.project)])
     if key is None:
-        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+        raise key_not_found(key_id)
+    return key
+
+
+def key_not_found(key_id: str) -> NotFound:
+    return NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+
+
+async def update_key(session: AsyncSession, key_id: str, spec: KeyUpdate, *, audit: Audit | None = None) -> KeyPublic:
+    """Change the fields given in ``spec`` (``None`` clears); gateways follow within their
+    refresh interval. :class:`NotFound` if unknown, :class:`Conflict` if revoked."""
+    key = await get_key(session, key_id)
+    if key.revoked_at is not None:
+        raise Conflict(f"API key {key_id!r} has been revoked; create a new key", param="key_id", code="key_revoked")
     changes = spec.model_dump(include=spec.model_fields_set)
     if "model_limits" in changes:
         changes["model_limits"] = _stored_model_limits(spec.model_limits)
@@ -79,26 +100,33 @@ async def update_key(session: AsyncSession, key_id: str, spec: KeyUpdate) -> Key
         for field, value in changes.items():
             setattr(key, field, value)
         key.updated_at = utcnow()
+        if audit is not None:
+            await audit.append(session, "key.update", f"key:{key.id}", project_id=key.project_id, changes=changes)
         await session.commit()
     return public_key(key)
 
 
-async def list_keys(session: AsyncSession, *, project: str | None = None) -> list[KeyPublic]:
-    """Every key, revoked ones included, oldest first; only of ``project`` (name or id) if given."""
+async def list_keys(
+    session: AsyncSession, *, project: str | None = None, project_ids: set[str] | None = None
+) -> list[KeyPublic]:
+    """Every key, revoked ones included, oldest first; only of ``project`` (name or id) if given,
+    and only of ``project_ids`` unless None (every project)."""
     query = select(ApiKey).options(selectinload(ApiKey.project)).order_by(ApiKey.created_at, ApiKey.id)
     if project is not None:
         query = query.where(ApiKey.project_id == (await find_project(session, project)).id)
+    if project_ids is not None:
+        query = query.where(ApiKey.project_id.in_(project_ids))
     return [public_key(k) for k in await session.scalars(query)]
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> KeyPublic:
+async def revoke_key(session: AsyncSession, key_id: str, *, audit: Audit | None = None) -> KeyPublic:
     """Revoke the key; revoking a revoked key changes nothing. :class:`NotFound` if unknown."""
-    key = await session.get(ApiKey, key_id, options=[selectinload(ApiKey.project)])
-    if key is None:
-        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+    key = await get_key(session, key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         key.updated_at = key.revoked_at
+        if audit is not None:
+            await audit.append(session, "key.revoke", f"key:{key.id}", project_id=key.project_id, changes={})
         await session.commit()
     return public_key(key)
 
@@ -120,6 +148,7 @@ def public_key(key: ApiKey) -> KeyPublic:
         id=key.id,
         project_id=key.project_id,
         project=key.project.name,
+        owner_id=key.owner_id,
         name=key.name,
         prefix=key.prefix,
         is_admin=key.is_admin,
@@ -174,11 +203,17 @@ class DatabaseKeySource:
         return f"{total}:{revoked}:{_iso(last)}:{_iso(last_project_change)}"
 
     async def load_active(self) -> dict[str, ApiKeyInfo]:
-        """Every key not revoked, by hash; expired ones too, with ``expires_at`` for the gateway."""
+        """Every key not revoked, by hash; expired ones too, with ``expires_at`` for the gateway.
+        A key with an owner counts only while the owner is active and still a member of the
+        key's project (or an admin): removing a member stops its keys here, at no cost on the
+        request path."""
+        member = exists().where(ProjectMember.user_id == User.id, ProjectMember.project_id == ApiKey.project_id)
+        owner_allowed = User.is_active.is_(True) & (User.is_admin.is_(True) | User.idp_admin.is_(True) | member)
         query = (
             select(ApiKey, Project)
             .join(Project, ApiKey.project_id == Project.id)
-            .where(ApiKey.revoked_at.is_(None))
+            .outerjoin(User, ApiKey.owner_id == User.id)
+            .where(ApiKey.revoked_at.is_(None), or_(ApiKey.owner_id.is_(None), owner_allowed))
         )
         async with AsyncSession(self._engine_()) as session:
             rows = (await session.execute(query)).all()

@@ -1,4 +1,5 @@
-"""Tables of the control plane: projects and their API keys.
+"""Tables of the control plane: projects, their API keys, users and their project roles, and
+the hash-chained audit log.
 
 The database stores only the SHA-256 of a key (:func:`serve.auth.hash_key`) and its display
 prefix; the secret is shown once, when the key is created. Timestamps are UTC and come back
@@ -11,7 +12,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -78,6 +90,9 @@ class ApiKey(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("key"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    # The user the key acts for: it may do no more than its owner's current role in the project.
+    # None: an admin key made at bootstrap, or a key from before users existed (gateway only).
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str | None] = mapped_column(String(100))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -97,6 +112,69 @@ class ApiKey(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="keys")
+    owner: Mapped[User | None] = relationship()
 
     def is_active(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class User(Base):
+    """A person, provisioned on first sign-in from the OIDC token or created ahead by email."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("usr"))
+    sub: Mapped[str | None] = mapped_column(String(255), unique=True)  # None until first sign-in
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)  # granted in Foundry
+    # Granted by the issuer (``admin_roles`` in the roles claim), as of the user's last token.
+    idp_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    memberships: Mapped[list[ProjectMember]] = relationship(back_populates="user")
+
+
+class ProjectMember(Base):
+    """A user's role in a project: ``owner``, ``member`` or ``viewer`` (see control.permissions)."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    project: Mapped[Project] = relationship()
+
+
+class AuditRecord(Base):
+    """One change made through the control API; ``hash`` chains it to the record before it."""
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))  # "user:usr_...", "key:key_..." or "system"
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. "key.create"
+    target: Mapped[str] = mapped_column(String(128))  # e.g. "key:key_..."
+    project_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    changes: Mapped[dict] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHead(Base):
+    """The chain's length and last hash, written with every record: deleting the newest records
+    shows as a head that no longer matches."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    length: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))

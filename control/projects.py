@@ -11,17 +11,23 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control.audit import Audit
 from control.errors import Conflict, NotFound
 from control.models import Project, utcnow
 from control.schemas import ProjectCreate, ProjectPublic, ProjectUpdate
 
 
-async def list_projects(session: AsyncSession) -> list[ProjectPublic]:
-    rows = await session.scalars(select(Project).order_by(Project.created_at, Project.name))
-    return [ProjectPublic.model_validate(p) for p in rows]
+async def list_projects(session: AsyncSession, *, project_ids: set[str] | None = None) -> list[ProjectPublic]:
+    """Every project, or only those in ``project_ids`` unless None."""
+    query = select(Project).order_by(Project.created_at, Project.name)
+    if project_ids is not None:
+        query = query.where(Project.id.in_(project_ids))
+    return [ProjectPublic.model_validate(p) for p in await session.scalars(query)]
 
 
-async def create_project(session: AsyncSession, spec: ProjectCreate | str) -> ProjectPublic:
+async def create_project(
+    session: AsyncSession, spec: ProjectCreate | str, *, audit: Audit | None = None
+) -> ProjectPublic:
     """A new project (``spec`` may be just its name); :class:`Conflict` if the name is taken."""
     if isinstance(spec, str):
         spec = ProjectCreate(name=spec)
@@ -39,6 +45,12 @@ async def create_project(session: AsyncSession, spec: ProjectCreate | str) -> Pr
     )
     session.add(project)
     try:
+        if audit is not None:
+            await session.flush()
+            await audit.append(
+                session, "project.create", f"project:{project.id}", project_id=project.id,
+                changes=spec.model_dump(exclude_none=True),
+            )
         await session.commit()
     except IntegrityError as exc:  # created by a concurrent request since the check above
         await session.rollback()
@@ -46,15 +58,19 @@ async def create_project(session: AsyncSession, spec: ProjectCreate | str) -> Pr
     return ProjectPublic.model_validate(project)
 
 
-async def update_project(session: AsyncSession, ref: str, spec: ProjectUpdate) -> ProjectPublic:
+async def update_project(
+    session: AsyncSession, ref: str | Project, spec: ProjectUpdate, *, audit: Audit | None = None
+) -> ProjectPublic:
     """Change the budget fields given in ``spec`` (``None`` clears) of the project named or with
     id ``ref``; gateways follow within their refresh interval."""
-    project = await find_project(session, ref, param="name_or_id")
+    project = ref if isinstance(ref, Project) else await find_project(session, ref, param="name_or_id")
     changes = spec.model_dump(include=spec.model_fields_set)
     if changes:
         for field, value in changes.items():
             setattr(project, field, value)
         project.updated_at = utcnow()
+        if audit is not None:
+            await audit.append(session, "project.update", f"project:{project.id}", project_id=project.id, changes=changes)
         await session.commit()
     return ProjectPublic.model_validate(project)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from serve.metrics.records import UsageReport
 
@@ -29,7 +29,23 @@ def _as_utc(value: datetime) -> datetime:
         raise ValueError("datetime is out of range") from exc
 
 
-UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+def _iso_only(value: object) -> object:
+    """A date-time is an ISO 8601 string (or a datetime), never a number of seconds: pydantic
+    would read ``until=0.5`` as half a second after 1970."""
+    if isinstance(value, int | float) or (isinstance(value, str | bytes) and _looks_numeric(value)):
+        raise ValueError("expected an ISO 8601 date-time such as 2026-01-31T12:00:00Z")
+    return value
+
+
+def _looks_numeric(value: str | bytes) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+UTCDatetime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_as_utc)]
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL refuses NUL in text)
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=_PRINTABLE)]
 KeyName = Annotated[str, StringConstraints(max_length=100, pattern=_PRINTABLE)]
@@ -136,6 +152,7 @@ class KeyPublic(_Response):
     id: str
     project_id: str
     project: str
+    owner_id: str | None = Field(default=None, description="the user the key acts for")
     name: str | None
     prefix: str = Field(description="the first characters of the key, to recognise it")
     is_admin: bool
@@ -182,6 +199,91 @@ class UsagePublic(_Response):
     @classmethod
     def of(cls, report: UsageReport) -> UsagePublic:
         return cls.model_validate(report)
+
+
+Email = Annotated[
+    str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
+]
+UserRef = Annotated[str, StringConstraints(min_length=1, max_length=320, pattern=r"^[^\s\x00-\x1f\x7f/]+$")]
+RoleName = Literal["owner", "member", "viewer"]
+
+
+class UserCreate(_Request):
+    email: Email
+    is_admin: bool = False
+
+
+class UserUpdate(_Request):
+    """Only the fields given change."""
+
+    is_active: bool | None = None
+    is_admin: bool | None = None
+
+
+class UserPublic(_Response):
+    id: str
+    sub: str | None
+    email: str | None
+    name: str | None
+    is_admin: bool = Field(description="granted in Foundry (the issuer's admin roles are added per token)")
+    is_active: bool
+    created_at: datetime
+
+
+class ProjectRole(BaseModel):
+    id: str
+    name: str
+    role: RoleName
+
+
+class Me(BaseModel):
+    """``GET /users/me``: who the caller is and what it may do."""
+
+    id: str | None
+    sub: str | None
+    email: str | None
+    is_admin: bool
+    projects: list[ProjectRole]
+    permissions: list[str]
+
+
+class MemberCreate(_Request):
+    user: UserRef = Field(description="the user's email or OIDC sub; an unknown email is created ahead")
+    role: RoleName
+
+
+class MemberPublic(_Response):
+    project_id: str
+    user_id: str
+    email: str | None
+    sub: str | None
+    role: RoleName
+    created_at: datetime
+
+
+class AuditRecordPublic(_Response):
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    project_id: str | None
+    request_id: str | None
+    changes: dict
+    prev_hash: str
+    hash: str
+
+
+class AuditChain(BaseModel):
+    length: int
+    hash: str
+
+
+class AuditPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditRecordPublic]
+    has_more: bool
+    chain: AuditChain = Field(description="the chain's head, for `foundry audit verify`")
 
 
 class ErrorDetail(BaseModel):

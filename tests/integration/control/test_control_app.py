@@ -114,7 +114,7 @@ async def test_admin_routes_refuse_missing_and_wrong_keys(api: httpx.AsyncClient
 async def test_non_admin_keys_are_forbidden_and_revoked_ones_refused(api: httpx.AsyncClient) -> None:
     created = (await api.post("/keys", json={"project": "p"})).json()
     as_user = {"Authorization": f"Bearer {created['key']}"}
-    assert_error(await api.get("/keys", headers=as_user), 403, code="admin_key_required")
+    assert_error(await api.get("/keys", headers=as_user), 403, code="permission_denied")
     await api.delete(f"/keys/{created['id']}")
     assert_error(await api.get("/keys", headers=as_user), 401, code="revoked_api_key")
 
