@@ -1,7 +1,12 @@
-"""The control API: projects, API keys (with their limits and budgets) and usage, for admins.
+"""The control API: projects and their members, API keys (with their limits and budgets), users,
+usage and the audit log.
 
 Routes have no ``/api`` prefix; the stack mounts this app under ``/api`` (so its docs are at
-``/api/docs``). Every route but ``GET /health`` needs ``Authorization: Bearer <admin key>``.
+``/api/docs``). Every route but ``GET /health`` needs ``Authorization: Bearer <API key or OIDC
+token>`` and declares the permission it needs with :func:`control.permissions.authorize` (the one
+role -> permission table is there). Lists show only the caller's projects; another project's
+resource is a 404, a write the caller's role does not allow a 403. Every change appends a record
+to the hash-chained audit log (:mod:`control.audit`) in the change's own transaction.
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, rendered by one
 handler from :mod:`control.errors`; the message ends with the request id, also sent back in the
 ``x-request-id`` header.
@@ -12,7 +17,7 @@ the app starts and disposed when it stops.
 Example::
 
     await migrate(url)
-    app = create_app(database_url=url, usage=ChdbStore("/var/foundry/metrics"))
+    app = create_app(database_url=url, usage=ChdbStore("/var/foundry/metrics"), auth=config.auth)
     uvicorn.run(app, port=8081)
 """
 
@@ -26,19 +31,23 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control import analytics, keys, projects
+from control import analytics
+from control import audit as audit_log
+from control import keys, projects, users
+from control.audit import Audit
 from control.db import create_engine, create_sessionmaker, parse_url
 from control.errors import (
     AuthenticationFailed,
@@ -49,9 +58,17 @@ from control.errors import (
     NotFound,
     PermissionDenied,
 )
+from control.models import AuditRecord
+from control.oidc import OidcVerifier
+from control.permissions import Access, Caller, api_routes, authorize, project_not_found, route_permission
 from control.schemas import (
+    AuditPage,
+    AuditRecordPublic,
     ErrorResponse,
     Health,
+    Me,
+    MemberCreate,
+    MemberPublic,
     KeyCreate,
     KeyCreated,
     KeyPublic,
@@ -61,6 +78,10 @@ from control.schemas import (
     ProjectUpdate,
     Ref,
     UsagePublic,
+    UserCreate,
+    UserPublic,
+    UserRef,
+    UserUpdate,
     UTCDatetime,
 )
 from serve.metrics.records import UsageReport
@@ -93,17 +114,25 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
 
 
-def create_app(*, database_url: str, usage: UsageSource) -> FastAPI:
-    """The control API over the database at ``database_url`` and the metrics in ``usage``."""
+OIDC_TIMEOUT_S = 10.0
+
+
+def create_app(*, database_url: str, usage: UsageSource, auth: Any = None) -> FastAPI:
+    """The control API over the database at ``database_url`` and the metrics in ``usage``;
+    ``auth`` (a :class:`control.config.AuthConfig`) also accepts the issuer's OIDC tokens."""
     parse_url(database_url, is_async=True)  # a bad URL fails now, not at the first request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(database_url, serialize_writes=True)
         app.state.sessions = create_sessionmaker(engine)
+        http = httpx.AsyncClient(timeout=OIDC_TIMEOUT_S) if auth is not None else None
+        app.state.authenticator = users.Authenticator(OidcVerifier(auth, http=http) if http is not None else None)
         try:
             yield
         finally:
+            if http is not None:
+                await http.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -113,6 +142,7 @@ def create_app(*, database_url: str, usage: UsageSource) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.usage = usage
+    app.state.authenticate = _authenticate
     app.add_middleware(_RequestId)
     app.add_exception_handler(ControlError, _control_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -137,6 +167,10 @@ def _document_errors(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for unused in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            for route in api_routes(app):  # the permission each route checks, for readers and tests
+                if (permission := route_permission(route)) is not None:
+                    for method in route.methods:
+                        schema["paths"][route.path_format][method.lower()]["x-permission"] = permission
         return app.openapi_schema
 
     app.openapi = openapi
@@ -160,21 +194,20 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(_session, scope="function")]
-_bearer = HTTPBearer(auto_error=False, description="an admin API key")
 
 
-async def _require_admin(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    if credentials is None:
-        raise AuthenticationFailed(
-            "missing API key: send the header 'Authorization: Bearer <admin key>'", code="missing_api_key"
-        )
+async def _authenticate(request: Request, token: str) -> Caller:
     # A session of its own, closed at once: no transaction stays open while the route runs.
     async with _database(request) as session:
-        key = await keys.authenticate(session, credentials.credentials)
-    if not key.is_admin:
-        raise PermissionDenied("this endpoint needs an admin API key")
+        return await request.app.state.authenticator.caller(session, token, request_id=_request_id(request))
+
+
+def _audit(access: Access) -> Audit:
+    return Audit(actor=access.caller.actor, request_id=access.request_id)
+
+
+# Kept for routes written before permissions: an admin-only route. Prefer authorize("...").
+_require_admin = authorize("cluster:manage").dependency
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -182,16 +215,16 @@ async def _require_admin(
 
 def _routes() -> APIRouter:
     router = APIRouter()
-    admin = APIRouter(
-        dependencies=[Depends(_require_admin)],
+    api = APIRouter(
         responses={
             400: {"model": ErrorResponse, "description": "Invalid request; `param` names the field"},
-            401: {"model": ErrorResponse, "description": "Missing, unknown, revoked or expired key"},
-            403: {"model": ErrorResponse, "description": "Not an admin key"},
-            404: {"model": ErrorResponse, "description": "Unknown project or key"},
+            401: {"model": ErrorResponse, "description": "Missing, unknown, revoked or expired key or token"},
+            403: {"model": ErrorResponse, "description": "The caller's role does not allow this"},
+            404: {"model": ErrorResponse, "description": "Unknown, or in a project the caller is not in"},
             503: {"model": ErrorResponse, "description": "Database or metrics store unavailable"},
         },
     )
+    conflict = {409: {"model": ErrorResponse, "description": "Conflicts with the current state"}}
 
     @router.get(
         "/health",
@@ -208,65 +241,161 @@ def _routes() -> APIRouter:
             raise DatabaseUnavailable("the control database did not answer in time") from exc
         return Health(status="ok", database="ok")
 
-    @admin.get("/projects", response_model=Page[ProjectPublic], tags=["projects"])
-    async def list_projects(session: Session) -> Page[ProjectPublic]:
-        return Page(data=await projects.list_projects(session))
+    # --- users ---
 
-    @admin.post(
-        "/projects",
-        response_model=ProjectPublic,
-        status_code=201,
-        tags=["projects"],
-        responses={409: {"model": ErrorResponse, "description": "Name taken"}},
-    )
-    async def create_project(body: ProjectCreate, session: Session) -> ProjectPublic:
-        return await projects.create_project(session, body)
+    @api.get("/users/me", response_model=Me, tags=["users"])
+    async def me(session: Session, access: Annotated[Access, authorize("authenticated")]) -> Me:
+        """Who you are, your projects and roles, and every permission you hold."""
+        caller = access.caller
+        user = await session.get(users.User, caller.user_id) if caller.user_id else None
+        return Me(
+            id=user.id if user else None,
+            sub=user.sub if user else None,
+            email=user.email if user else None,
+            is_admin=caller.is_admin,
+            projects=await users.projects_of(session, caller, user),
+            permissions=caller.permissions(),
+        )
 
-    @admin.patch("/projects/{name_or_id}", response_model=ProjectPublic, tags=["projects"])
+    @api.get("/users", response_model=Page[UserPublic], tags=["users"])
+    async def list_users(session: Session, access: Annotated[Access, authorize("user:view")]) -> Page[UserPublic]:
+        return Page(data=await users.list_users(session))
+
+    @api.post("/users", response_model=UserPublic, status_code=201, tags=["users"], responses=conflict)
+    async def create_user(
+        body: UserCreate, session: Session, access: Annotated[Access, authorize("user:manage")]
+    ) -> UserPublic:
+        """A user created ahead by email; matched to its OIDC identity on first sign-in."""
+        return await users.create_user(session, body, audit=_audit(access))
+
+    @api.patch("/users/{user_id}", response_model=UserPublic, tags=["users"])
+    async def update_user(
+        user_id: Annotated[Ref, Path()], body: UserUpdate, session: Session,
+        access: Annotated[Access, authorize("user:manage")],
+    ) -> UserPublic:
+        """Deactivate (`is_active: false`) or reactivate a user, or grant admin. A deactivated
+        user, and its keys, get 403; gateways drop its keys within their refresh interval."""
+        return await users.update_user(session, user_id, body, audit=_audit(access))
+
+    # --- projects and members ---
+
+    @api.get("/projects", response_model=Page[ProjectPublic], tags=["projects"])
+    async def list_projects(session: Session, access: Annotated[Access, authorize("project:view")]) -> Page[ProjectPublic]:
+        """The projects you are a member of (every project for an admin)."""
+        return Page(data=await projects.list_projects(session, project_ids=access.projects()))
+
+    @api.post("/projects", response_model=ProjectPublic, status_code=201, tags=["projects"], responses=conflict)
+    async def create_project(
+        body: ProjectCreate, session: Session, access: Annotated[Access, authorize("project:manage")]
+    ) -> ProjectPublic:
+        """A new project (admins). Add its owner with `POST /projects/{name}/members`."""
+        if access.projects() is not None:
+            raise _admin_only()
+        return await projects.create_project(session, body, audit=_audit(access))
+
+    @api.patch("/projects/{name_or_id}", response_model=ProjectPublic, tags=["projects"])
     async def update_project(
-        name_or_id: Annotated[Ref, Path(description="project name or id")], body: ProjectUpdate, session: Session
+        name_or_id: Annotated[Ref, Path(description="project name or id")], body: ProjectUpdate, session: Session,
+        access: Annotated[Access, authorize("project:manage")],
     ) -> ProjectPublic:
         """Change the project's budget; only the fields sent change, `null` removes one. Gateways
         apply it within their key refresh interval."""
-        return await projects.update_project(session, name_or_id, body)
+        project = await _project(session, access, name_or_id, param="name_or_id")
+        return await projects.update_project(session, project, body, audit=_audit(access))
 
-    @admin.get("/keys", response_model=Page[KeyPublic], tags=["keys"])
+    @api.get("/projects/{name_or_id}/members", response_model=Page[MemberPublic], tags=["projects"])
+    async def list_members(
+        name_or_id: Annotated[Ref, Path(description="project name or id")], session: Session,
+        access: Annotated[Access, authorize("project:view")],
+    ) -> Page[MemberPublic]:
+        project = await _project(session, access, name_or_id, param="name_or_id")
+        return Page(data=await users.list_members(session, project))
+
+    @api.post("/projects/{name_or_id}/members", response_model=MemberPublic, tags=["projects"],
+              responses={201: {"model": MemberPublic, "description": "A new member"}})
+    async def add_member(
+        name_or_id: Annotated[Ref, Path(description="project name or id")], body: MemberCreate, session: Session,
+        response: Response, access: Annotated[Access, authorize("project:manage")],
+    ) -> MemberPublic:
+        """Give a user (email or OIDC sub) a role in the project: 201 if new, 200 if the role
+        changed or stayed. An unknown email is created ahead, matched on first sign-in."""
+        project = await _project(session, access, name_or_id, param="name_or_id")
+        member, created = await users.set_member(session, project, body.user, users.Role(body.role), audit=_audit(access))
+        response.status_code = 201 if created else 200
+        return member
+
+    @api.delete("/projects/{name_or_id}/members/{user}", status_code=204, tags=["projects"])
+    async def remove_member(
+        name_or_id: Annotated[Ref, Path(description="project name or id")],
+        user: Annotated[UserRef, Path(description="the user's id, email or OIDC sub")],
+        session: Session, access: Annotated[Access, authorize("project:manage")],
+    ) -> Response:
+        """Remove a member; its keys in the project stop working (gateways within seconds)."""
+        project = await _project(session, access, name_or_id, param="name_or_id")
+        await users.remove_member(session, project, user, audit=_audit(access))
+        return Response(status_code=204)
+
+    # --- keys ---
+
+    @api.get("/keys", response_model=Page[KeyPublic], tags=["keys"])
     async def list_keys(
-        session: Session, project: Annotated[Ref | None, Query(description="project name or id")] = None
+        session: Session, access: Annotated[Access, authorize("key:view")],
+        project: Annotated[Ref | None, Query(description="project name or id")] = None,
     ) -> Page[KeyPublic]:
-        """Every key (revoked ones too), showing only its prefix."""
-        return Page(data=await keys.list_keys(session, project=project))
+        """The keys of your projects (revoked ones too), showing only their prefix."""
+        if project is not None:
+            await _project(session, access, project)
+        return Page(data=await keys.list_keys(session, project=project, project_ids=access.projects()))
 
-    @admin.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
-    async def create_key(body: KeyCreate, session: Session) -> KeyCreated:
-        """A new key. The response holds the secret (`key`): it is shown only this once."""
-        return await keys.create_key(session, body)
+    @api.post("/keys", response_model=KeyCreated, status_code=201, tags=["keys"])
+    async def create_key(body: KeyCreate, session: Session, access: Annotated[Access, authorize("key:manage")]) -> KeyCreated:
+        """A new key acting for you in the project (admins: created if missing). The response
+        holds the secret (`key`): it is shown only this once."""
+        if access.projects() is not None:  # only admins create projects along the way
+            await _project(session, access, body.project)
+        return await keys.create_key(session, body, owner_id=access.caller.user_id, audit=_audit(access))
 
-    @admin.patch("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
-    async def update_key(key_id: Annotated[Ref, Path()], body: KeyUpdate, session: Session) -> KeyPublic:
+    @api.patch("/keys/{key_id}", response_model=KeyPublic, tags=["keys"], responses=conflict)
+    async def update_key(
+        key_id: Annotated[Ref, Path()], body: KeyUpdate, session: Session,
+        access: Annotated[Access, authorize("key:manage")],
+    ) -> KeyPublic:
         """Change a key's name, models, limits or budget; only the fields sent change, `null`
-        removes a limit. Gateways apply it within their key refresh interval."""
-        return await keys.update_key(session, key_id, body)
+        removes a limit. A revoked key cannot change (409). Gateways apply it within their key
+        refresh interval."""
+        await _key(session, access, key_id)
+        return await keys.update_key(session, key_id, body, audit=_audit(access))
 
-    @admin.delete("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
-    async def revoke_key(key_id: Annotated[Ref, Path()], session: Session) -> KeyPublic:
+    @api.delete("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
+    async def revoke_key(
+        key_id: Annotated[Ref, Path()], session: Session, access: Annotated[Access, authorize("key:manage")]
+    ) -> KeyPublic:
         """Revoke a key; gateways stop accepting it within their refresh interval."""
-        return await keys.revoke_key(session, key_id)
+        await _key(session, access, key_id)
+        return await keys.revoke_key(session, key_id, audit=_audit(access))
 
-    @admin.get("/usage", response_model=UsagePublic, tags=["usage"])
+    # --- usage, benchmarks, audit ---
+
+    @api.get("/usage", response_model=UsagePublic, tags=["usage"])
     async def usage(
         request: Request,
         session: Session,
+        access: Annotated[Access, authorize("usage:view")],
         since: Annotated[UTCDatetime | None, Query(description="ISO 8601, inclusive; naive is UTC")] = None,
         until: Annotated[UTCDatetime | None, Query(description="ISO 8601, exclusive; naive is UTC")] = None,
-        project: Annotated[Ref | None, Query(description="project name or id")] = None,
+        project: Annotated[Ref | None, Query(description="project name or id; needed if you are in several")] = None,
     ) -> UsagePublic:
         """Requests, errors, tokens and per-model latency and TTFT percentiles."""
         if since is not None and until is not None and since >= until:
             raise InvalidRequest("until must be later than since", param="until")
         project_id = None
         if project is not None:
-            project_id = (await projects.find_project(session, project)).id
+            project_id = (await _project(session, access, project)).id
+        elif (mine := access.projects()) is not None:
+            if len(mine) != 1:
+                raise InvalidRequest("name the project: you are a member of several (or none)", param="project",
+                                     code="missing_field")
+            project_id = next(iter(mine))
         await session.close()  # nothing more to read; don't hold a connection during the query
         source: UsageSource = request.app.state.usage
         try:
@@ -279,8 +408,10 @@ def _routes() -> APIRouter:
             raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
         return UsagePublic.of(report)
 
-    @admin.post("/benchmarks", status_code=201, tags=["benchmarks"])
-    async def record_benchmarks(request: Request, body: BenchmarkRows) -> dict[str, int]:
+    @api.post("/benchmarks", status_code=201, tags=["benchmarks"])
+    async def record_benchmarks(
+        request: Request, body: BenchmarkRows, access: Annotated[Access, authorize("model:manage")]
+    ) -> dict[str, int]:
         """Store `foundry bench` rows (the measured-data schema) in the metrics store."""
         try:
             inserted = await asyncio.wait_for(request.app.state.usage.insert_benchmarks(body.rows), USAGE_TIMEOUT_S)
@@ -290,9 +421,10 @@ def _routes() -> APIRouter:
             raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
         return {"inserted": inserted}
 
-    @admin.get("/benchmarks", tags=["benchmarks"])
+    @api.get("/benchmarks", tags=["benchmarks"])
     async def list_benchmarks(
-        request: Request, model_path: Annotated[str | None, Query(description="only this model")] = None
+        request: Request, access: Annotated[Access, authorize("model:view")],
+        model_path: Annotated[str | None, Query(description="only this model")] = None,
     ) -> dict:
         """Stored benchmark rows, oldest first; `foundry tune train` reads the same columns."""
         try:
@@ -301,8 +433,62 @@ def _routes() -> APIRouter:
             raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
         return {"object": "list", "data": rows}
 
-    router.include_router(admin)
+    @api.get("/audit", response_model=AuditPage, tags=["audit"])
+    async def list_audit(
+        session: Session,
+        access: Annotated[Access, authorize("audit:view")],
+        actor: Annotated[str | None, Query(max_length=64, description="e.g. user:usr_... or key:key_...")] = None,
+        action: Annotated[str | None, Query(max_length=64, description="e.g. key.create")] = None,
+        target: Annotated[str | None, Query(max_length=128, description="e.g. key:key_...")] = None,
+        project: Annotated[Ref | None, Query(description="project name or id")] = None,
+        since: Annotated[UTCDatetime | None, Query(description="ISO 8601, inclusive")] = None,
+        until: Annotated[UTCDatetime | None, Query(description="ISO 8601, exclusive")] = None,
+        after: Annotated[int, Query(ge=0, le=2**62, description="records after this seq (paging)")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditPage:
+        """The audit log, oldest first, with the chain's head (admins)."""
+        query = select(AuditRecord).where(AuditRecord.seq > after).order_by(AuditRecord.seq).limit(limit + 1)
+        for column, value in ((AuditRecord.actor, actor), (AuditRecord.action, action), (AuditRecord.target, target)):
+            if value is not None:
+                query = query.where(column == value)
+        if project is not None:
+            query = query.where(AuditRecord.project_id == (await _project(session, access, project)).id)
+        if since is not None:
+            query = query.where(AuditRecord.at >= since)
+        if until is not None:
+            query = query.where(AuditRecord.at < until)
+        rows = list(await session.scalars(query))
+        return AuditPage(
+            data=[AuditRecordPublic.model_validate(r) for r in rows[:limit]],
+            has_more=len(rows) > limit,
+            chain=await audit_log.head(session),
+        )
+
+    router.include_router(api)
     return router
+
+
+async def _project(session: AsyncSession, access: Access, ref: str, *, param: str = "project") -> projects.Project:
+    """The project ``ref`` if the caller holds the route's permission there (404 / 403 if not)."""
+    missing = project_not_found(ref)
+    try:
+        project = await projects.find_project(session, ref, param=param)
+    except NotFound:
+        raise missing() from None
+    access.check(project.id, missing)
+    return project
+
+
+async def _key(session: AsyncSession, access: Access, key_id: str) -> keys.ApiKey:
+    """The key ``key_id`` if the caller may manage it (404 in another project, 403 by role)."""
+    key = await keys.get_key(session, key_id)
+    access.check(key.project_id, lambda: keys.key_not_found(key_id))
+    access.check_key_owner(key.project_id, key.owner_id)
+    return key
+
+
+def _admin_only() -> Exception:
+    return PermissionDenied("only admins may do this", code="permission_denied")
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -347,11 +533,27 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 404:
         error: ControlError = NotFound(f"no route {request.method} {request.url.path}", code="unknown_route")
     elif exc.status_code == 405:
-        error = InvalidRequest(f"method {request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+        allowed = _allowed_methods(request)
+        error = InvalidRequest(
+            f"method {request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})",
+            code="method_not_allowed",
+        )
+        return JSONResponse(error.body(_request_id(request)), status_code=405, headers={"Allow": ", ".join(allowed)})
     else:
         error = _HTTP_ERRORS.get(exc.status_code, InvalidRequest)(str(exc.detail), code=f"http_{exc.status_code}")
     status = exc.status_code if exc.status_code < 500 else 500
     return JSONResponse(error.body(_request_id(request)), status_code=status, headers=exc.headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in api_routes(request.app):
+        if route.path_regex.match(get_route_path(request.scope)):
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
