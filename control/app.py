@@ -117,7 +117,7 @@ class Page(BaseModel, Generic[T]):
 OIDC_TIMEOUT_S = 10.0
 
 
-def create_app(*, database_url: str, usage: UsageSource, auth: Any = None) -> FastAPI:
+def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipelines: Any = None) -> FastAPI:
     """The control API over the database at ``database_url`` and the metrics in ``usage``;
     ``auth`` (a :class:`control.config.AuthConfig`) also accepts the issuer's OIDC tokens."""
     parse_url(database_url, is_async=True)  # a bad URL fails now, not at the first request
@@ -286,11 +286,11 @@ def _routes() -> APIRouter:
 
     @api.post("/projects", response_model=ProjectPublic, status_code=201, tags=["projects"], responses=conflict)
     async def create_project(
-        body: ProjectCreate, session: Session, access: Annotated[Access, authorize("project:manage")]
+        body: ProjectCreate, session: Session, access: Annotated[Access, authorize("project:create")]
     ) -> ProjectPublic:
         """A new project (admins). Add its owner with `POST /projects/{name}/members`."""
-        if access.projects() is not None:
-            raise _admin_only()
+        if access.projects() is not None:  # an admin's key bound to one project
+            raise PermissionDenied("only admins may create projects", code="permission_denied")
         return await projects.create_project(session, body, audit=_audit(access))
 
     @api.patch("/projects/{name_or_id}", response_model=ProjectPublic, tags=["projects"])
@@ -485,10 +485,6 @@ async def _key(session: AsyncSession, access: Access, key_id: str) -> keys.ApiKe
     access.check(key.project_id, lambda: keys.key_not_found(key_id))
     access.check_key_owner(key.project_id, key.owner_id)
     return key
-
-
-def _admin_only() -> Exception:
-    return PermissionDenied("only admins may do this", code="permission_denied")
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -86,7 +86,10 @@ class Stack:
         ]
         targets.append(
             serve.RunTarget(
-                build_control(database_url=db_url, metrics=metrics, num_cpus=self.config.control.num_cpus),
+                build_control(
+                    database_url=db_url, metrics=metrics, num_cpus=self.config.control.num_cpus,
+                    auth=self.config.auth, pipelines=pipelines,
+                ),
                 name="control",
                 route_prefix="/api",
             )

@@ -14,6 +14,7 @@ Example::
     foundry projects create team-a --budget-tokens 10000000
     foundry keys list --project my-app
     foundry usage --since 2025-01-01T00:00:00
+    foundry usage --since 24h --interval 1h --by model
 """
 
 from __future__ import annotations
@@ -300,16 +301,69 @@ def projects_update(
     typer.echo(f"updated project {updated['name']} ({updated['id']}): budget {_budget(updated) or 'none'}")
 
 
+class Metric(str, Enum):
+    requests = "requests"
+    errors = "errors"
+    tokens = "tokens"
+    cost = "cost"
+    latency_p50 = "latency_p50"
+    latency_p95 = "latency_p95"
+    ttft_p50 = "ttft_p50"
+    ttft_p95 = "ttft_p95"
+
+
+class Interval(str, Enum):
+    five_minutes = "5m"
+    hour = "1h"
+    day = "1d"
+
+
+class Dimension(str, Enum):
+    model = "model"
+    project = "project"
+    provider = "provider"
+    key = "key"
+    deployment = "deployment"
+
+
 def usage(
-    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 start (UTC if no zone).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 end, exclusive.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start: ISO 8601 (UTC if no zone) or a duration back from now (30m, 24h, 7d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="End, exclusive: ISO 8601 or a duration back from now.")] = None,
     project: Annotated[str | None, typer.Option("--project", help="Only this project.")] = None,
+    interval: Annotated[
+        Interval | None,
+        typer.Option("--interval", help="Show a time series with buckets of 5m, 1h or 1d (from the rollups)."),
+    ] = None,
+    by: Annotated[
+        Dimension | None, typer.Option("--by", help="One series per model, project, provider, key or deployment.")
+    ] = None,
+    metric: Annotated[
+        Metric | None, typer.Option("--metric", help="What the time series counts (default: requests).")
+    ] = None,
     as_json: JsonOption = False,
     api: ApiUrlOption = DEFAULT_API,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Requests, errors, tokens and latency per model, from the gateway's request log."""
-    params = {k: v for k, v in (("since", since), ("until", until), ("project", project)) if v is not None}
+    """Requests, errors, tokens and latency per model, from the gateway's request log.
+
+    With --interval, --by or --metric: a time series (a table and a sparkline per series), e.g.
+    `foundry usage --since 24h --interval 1h --by model`."""
+    params = {k: _time_option(k, v) for k, v in (("since", since), ("until", until)) if v is not None}
+    if project is not None:
+        params["project"] = project
+    if interval is not None or by is not None or metric is not None:
+        params["metric"] = (metric or Metric.requests).value
+        params["interval"] = (interval or Interval.hour).value
+        if by is not None:
+            params["group_by"] = by.value
+        series = _Client(api, api_key).call("GET", "/analytics/timeseries", params=params)
+        if as_json:
+            _print_json(series)
+        else:
+            _print_timeseries(series)
+        return
     report = _Client(api, api_key).call("GET", "/usage", params=params or None)
     if as_json:
         _print_json(report)
@@ -336,6 +390,15 @@ def usage(
 
 
 # --- option parsing -------------------------------------------------------------------------
+
+
+def _time_option(name: str, value: str) -> str:
+    from control.client import resolve_time
+
+    try:
+        return resolve_time(value).isoformat()
+    except ValueError as exc:
+        _fail(f"--{name}: {exc}")
 
 
 def _models(models: str) -> list[str]:
@@ -469,6 +532,57 @@ def _limits(key: dict) -> str:
     if key["models"] is not None:
         parts.append("models " + ",".join(key["models"]))
     return "; ".join(parts) or "no limits"
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+MAX_COLUMNS = 8  # series shown as table columns; every series gets a sparkline
+
+
+def sparkline(values: list[float]) -> str:
+    """One block character per value, scaled from 0 to the largest.
+
+    >>> sparkline([0, 1, 2, 4, 8])
+    '▁▂▃▄█'
+    """
+    top = max(values, default=0)
+    if top <= 0:
+        return SPARKS[0] * len(values)
+    return "".join(SPARKS[min(len(SPARKS) - 1, round(v / top * (len(SPARKS) - 1)))] for v in values)
+
+
+def _print_timeseries(data: dict) -> None:
+    metric, interval = data["metric"], data["interval"]
+    additive = not metric.startswith(("latency", "ttft"))
+    series = sorted(
+        data["series"], key=lambda s: -(sum if additive else max)([p["value"] for p in s["points"]] or [0])
+    )
+    shown = series[:MAX_COLUMNS]
+    span = f"{_when(data['since'])} to {_when(data['until'])}"
+    hidden = f"; {len(series) - len(shown)} more series below" if len(series) > len(shown) else ""
+    table = Table(title=f"{metric} per {interval}, {span}", caption=f"{len(series)} series{hidden}")
+    table.add_column("t (UTC)")
+    for s in shown:
+        table.add_column(s["group"] or "(none)", justify="right", overflow="fold")
+    times = [p["t"] for p in series[0]["points"]] if series else []
+    for i, t in enumerate(times):
+        table.add_row(_when(t), *(_value(metric, s["points"][i]["value"]) for s in shown))
+    console = _console()
+    console.print(table)
+    width = max((len(s["group"] or "(none)") for s in series), default=0)
+    for s in series:
+        values = [p["value"] for p in s["points"]]
+        summary = f"total {_value(metric, sum(values))}" if additive else f"max {_value(metric, max(values, default=0))}"
+        console.print(f"{(s['group'] or '(none)'):<{width}}  {sparkline(values)}  {summary}")
+    if not series:
+        console.print("no requests in this range")
+
+
+def _value(metric: str, value: float) -> str:
+    if metric == "cost":
+        return f"${value:.4f}"
+    if metric.startswith(("latency", "ttft")):
+        return f"{value:.1f}"
+    return str(int(value))
 
 
 def _ms(value: float | None) -> str:
