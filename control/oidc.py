@@ -3,7 +3,7 @@
 The issuer's discovery document (``<issuer>/.well-known/openid-configuration``) names its JWKS;
 the key set is cached and read again when older than ``jwks_refresh_s``, or early when a token
 names a ``kid`` the cache does not hold (keys rotate) -- but never more often than once per
-:data:`MIN_REFETCH_S`, so a flood of made-up ``kid`` s costs the issuer one request.
+:data:`MIN_REFETCH_S` (or ``jwks_refresh_s`` if shorter), so a flood of made-up ``kid`` s costs the issuer one request.
 
 A token is accepted only when all of these hold, else :class:`~control.errors.AuthenticationFailed`
 names the reason (never the token):
@@ -71,11 +71,11 @@ def looks_like_jwt(token: str) -> bool:
 class OidcVerifier:
     """Checks tokens of the issuer in ``settings`` (a :class:`control.config.AuthConfig`)."""
 
-    def __init__(self, settings: Any, *, http: httpx.AsyncClient, min_refetch_s: float = MIN_REFETCH_S) -> None:
+    def __init__(self, settings: Any, *, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self._issuer = settings.oidc_issuer.rstrip("/")
         self._http = http
-        self._min_refetch_s = min_refetch_s
+        self._min_refetch_s = min(MIN_REFETCH_S, settings.jwks_refresh_s)
         self._keys: dict[str | None, dict] = {}
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()

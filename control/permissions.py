@@ -8,6 +8,7 @@ owner's current role in the key's own project. The table:
 permission          admin   owner   member viewer
 =================== ======= ======= ====== ======
 project:view        yes     yes     yes    yes
+project:create      yes
 project:manage      yes     yes
 key:view            yes     yes     yes    yes
 key:manage          yes     yes     own
@@ -58,6 +59,7 @@ class Role(StrEnum):
 
 PERMISSIONS: tuple[str, ...] = (
     "project:view",
+    "project:create",
     "project:manage",
     "key:view",
     "key:manage",
