@@ -1,0 +1,100 @@
+"""The executor as a Ray actor, and the client the control API holds.
+
+``foundry up`` starts one :class:`PipelineExecutor` (named ``foundry-pipelines``; detached when
+the stack joins an existing cluster) that owns the process's DBOS instance; control replicas
+reach it through :class:`PipelinesClient`. Ray restarts the actor if its process dies
+(``max_restarts=-1``); its first call then launches DBOS again, which resumes the executor's
+unfinished runs. ``plugins`` are modules imported in the actor before it starts, so packages
+this one may not import (the control plane's ``simulate``/``benchmark``, later the deployment
+actions) can register their actions there.
+
+    control replica ──PipelinesClient──► PipelineExecutor (Ray actor) ──► PipelineEngine ──► DBOS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from typing import Any
+
+import ray
+
+from pipelines.engine import PipelineEngine
+from pipelines.errors import ExecutorUnavailable, PipelineError
+
+__all__ = ["ACTOR_NAME", "PipelineExecutor", "PipelinesClient"]
+
+ACTOR_NAME = "foundry-pipelines"
+CALL_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 300.0
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=-1, max_task_retries=0)
+class PipelineExecutor:
+    def __init__(self, database_url: str, executor_id: str, plugins: list[str] | tuple[str, ...] = ()) -> None:
+        for module in plugins:
+            importlib.import_module(module)
+        self._engine = PipelineEngine(database_url, executor_id=executor_id)
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+
+    async def _ensure_started(self) -> PipelineEngine:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self._started:
+                await self._engine.start()
+                self._started = True
+        return self._engine
+
+    async def ready(self) -> bool:
+        await self._ensure_started()
+        return True
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        engine = await self._ensure_started()
+        return await getattr(engine, method)(*args, **kwargs)
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._engine.stop()
+
+
+class PipelinesClient:
+    """Async access to the executor actor with the engine's API; picklable, so it travels to
+    control replicas. Errors come back as the engine raised them (:class:`PipelineError`)."""
+
+    _METHODS = frozenset({
+        "create_pipeline", "list_pipelines", "get_pipeline", "start_run", "get_run", "list_runs",
+        "cancel_run", "send_event", "wait_for_change", "actions",
+    })  # fmt: skip
+
+    def __init__(self, actor: ray.actor.ActorHandle, *, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self._actor = actor
+        self._timeout_s = timeout_s
+
+    async def _call(self, method: str, *args: Any, extra_timeout_s: float = 0.0, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.wait_for(self._actor.call.remote(method, *args, **kwargs), self._timeout_s + extra_timeout_s)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else None
+            if isinstance(cause, PipelineError):
+                raise cause from None
+            raise
+        except (ray.exceptions.RayActorError, TimeoutError) as exc:
+            raise ExecutorUnavailable(f"the pipeline executor did not answer: {type(exc).__name__}") from None
+
+    def __getattr__(self, name: str):
+        if name not in self._METHODS:
+            raise AttributeError(name)
+        if name == "wait_for_change":
+            async def wait(run_id: str, after_version: int, timeout_s: float = 15.0) -> dict:
+                return await self._call(name, run_id, after_version, timeout_s, extra_timeout_s=timeout_s)
+
+            return wait
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self._call(name, *args, **kwargs)
+
+        return method
