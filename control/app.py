@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control import analytics
+from control import analytics, pipelines_api, predict_api
 from control import audit as audit_log
 from control import keys, projects, users
 from control.audit import Audit
@@ -142,6 +142,7 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
         lifespan=lifespan,
     )
     app.state.usage = usage
+    app.state.pipelines = pipelines  # a control.pipelines_api.PipelinesService, or None: 503 on /pipelines
     app.state.authenticate = _authenticate
     app.add_middleware(_RequestId)
     app.add_exception_handler(ControlError, _control_error)
@@ -151,6 +152,9 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
     app.include_router(_routes())
     # usage over time; admin-only until the identity issue scopes it by project role
     app.include_router(analytics.router, dependencies=[Depends(_require_admin)])
+    app.include_router(pipelines_api.router(), dependencies=[Depends(_require_admin)])
+    # optimizer predictions with the active predictor version; admin-only for now
+    app.include_router(predict_api.router, dependencies=[Depends(_require_admin)])
     _document_errors(app)
     return app
 

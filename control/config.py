@@ -77,6 +77,35 @@ class AuthConfig(_Strict):
     jwks_refresh_s: PositiveFloat = Field(default=300.0, description="how long the issuer's keys are cached")
 
 
+class PipelinesConfig(_Strict):
+    database_url: str = Field(
+        default="",
+        description="where runs are kept (DBOS's tables and the runs' view); empty: SQLite at "
+        "$FOUNDRY_HOME/pipelines.db; PostgreSQL: postgresql://user:password@host:5432/pipelines",
+    )
+    executor_id: str = Field(
+        default="",
+        max_length=100,
+        description="DBOS executor id: unique per live executor, the same across its restarts (a restarted "
+        "executor resumes the runs of its id); empty: derived from the host name and $FOUNDRY_HOME",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_url(cls, url: str) -> str:
+        if url:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                backend = make_url(url).get_backend_name()
+            except ArgumentError:
+                raise ValueError(f"not a database URL: {url.split('@')[-1]!r}") from None
+            if backend not in ("sqlite", "postgresql"):
+                raise ValueError(f"unsupported database {backend!r} (sqlite:/// or postgresql://)")
+        return url
+
+
 class FoundryConfig(_Strict):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -85,6 +114,7 @@ class FoundryConfig(_Strict):
     control: ControlConfig = ControlConfig()
     auth: AuthConfig | None = None
     limits: LimitsConfig = LimitsConfig()
+    pipelines: PipelinesConfig = PipelinesConfig()
     runtimes: dict[str, RuntimeConfig] = {}
     models: dict[str, ModelConfig] = {}
 

@@ -2,7 +2,8 @@
 
 Each command group lives in its own module and registers itself on the root app:
 ``up``/``config`` (:mod:`control.cli.stack`), ``keys``/``projects``/``usage``
-(:mod:`control.cli.admin`), ``secrets`` (:mod:`control.cli.secrets`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
+(:mod:`control.cli.admin`), ``secrets`` (:mod:`control.cli.secrets`), ``pipelines``
+(:mod:`control.cli.pipelines`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
 (:mod:`tune.cli`).
 """
 
@@ -20,12 +21,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from control.cli import admin, secrets, stack
+    from control.cli import admin, pipelines, secrets, stack
     from tune import cli as tune_cli
 
     stack.register(app)
     admin.register(app)
     secrets.register(app)
+    pipelines.register(app)
     tune_cli.register(app)
 
 
