@@ -29,6 +29,7 @@ from control.config import FoundryConfig, ray_environment
 from control.db import migrate
 from control.deployment import build_control
 from control.keys import DatabaseKeySource, bootstrap_admin
+from control.leftovers import claim, release
 from serve.gateway.app import build_gateway
 from serve.metrics.actor import ACTOR_NAME, MetricsActor, MetricsClient
 from serve.providers.local import runtime_app_name
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "foundry"
 READY_TIMEOUT_S = 300
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Stack:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.port = port or config.server.port
         self._started_ray = False
+        self._claimed = False
         self._metrics_actor = None
 
     @property
@@ -69,6 +72,11 @@ class Stack:
 
     def start(self) -> StackInfo:
         self.home.mkdir(parents=True, exist_ok=True)
+        # A dead stack of this home may have left Serve's HAProxy on the port: clear it, or say
+        # what holds the port. (Joining a cluster: its head owns the port.)
+        for cleared in claim(self.home, host=self.config.server.host, port=None if self.address else self.port):
+            log.warning("cleared %s", cleared)
+        self._claimed = True
         db_url = self.database_url
         asyncio.run(migrate(db_url))
         admin_key = asyncio.run(bootstrap_admin(db_url, os.environ.get("FOUNDRY_ADMIN_KEY") or None))
@@ -127,6 +135,8 @@ class Stack:
     def stop(self) -> None:
         """Drain and stop. Replicas finish in-flight requests and flush their metrics before
         Serve returns; then the metrics actor closes its store."""
+        if self._claimed:
+            release(self.home)
         if not ray.is_initialized():
             return  # start() failed before Ray: nothing runs (and serve.shutdown would start Ray)
         try:
@@ -145,11 +155,18 @@ class Stack:
     def _start_ray(self):
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.address:
+            # A head started with `ray start --head` has token auth on (Ray 2.60's default) and
+            # keeps its token in ~/.ray/auth_token; a driver sends it only in token mode.
+            if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or RAY_TOKEN_FILE.is_file()):
+                os.environ["RAY_AUTH_MODE"] = "token"
             ctx = ray.init(address=self.address, namespace=NAMESPACE, runtime_env={"env_vars": env})
         else:
-            for name, value in ray_environment(self.config).items():
+            for name, value in ray_environment(self.config, self.home).items():
                 os.environ.setdefault(name, value)
             ctx = ray.init(
+                # "local": always a new cluster of our own. Without it Ray first tries the
+                # cluster it last recorded as current, which may be long dead.
+                address="local",
                 namespace=NAMESPACE,
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",

@@ -500,7 +500,7 @@ def _console() -> Console:
     # Made per call, so it writes to whatever sys.stdout is now. Piped output has no terminal
     # width: make it wide rather than cut ids short.
     piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(width=PIPED_WIDTH if piped else None)
+    return Console(width=PIPED_WIDTH if piped else None, markup=False)  # names are data, not markup
 
 
 def _print_json(data: Any) -> None:

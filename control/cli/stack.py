@@ -12,9 +12,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 config_app = typer.Typer(help="Show the stack configuration.", no_args_is_help=True)
-console = Console(stderr=True)
+# Outside text (paths, Ray's and HAProxy's messages) is printed as it is, never as rich markup.
+console = Console(stderr=True, markup=False, highlight=False)
+
+
+def _error(message: object) -> None:
+    console.print(Text.assemble(("error:", "red"), " ", str(message)))
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +44,7 @@ def config_check(path: Annotated[Path, typer.Argument(help="TOML file to validat
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(exc)
         raise typer.Exit(2) from None
     console.print(f"{path}: ok ({len(cfg.models)} models, {len(cfg.runtimes)} runtimes)")
 
@@ -56,16 +62,16 @@ def up(
     try:
         cfg = load_config(config) if config else default_config()
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(exc)
         raise typer.Exit(2) from None
 
+    home = foundry_home()
     if not (address or os.environ.get("RAY_ADDRESS")):
         # before ray.serve is imported: it reads its ingress mode at import time
-        for name, value in ray_environment(cfg).items():
+        for name, value in ray_environment(cfg, home).items():
             os.environ.setdefault(name, value)
     from control.stack import Stack
 
-    home = foundry_home()
     stack = Stack(cfg, home=home, address=address, port=port)
     stop = threading.Event()
 
@@ -83,7 +89,7 @@ def up(
     try:
         info = stack.start()
     except Exception as exc:
-        console.print(f"[red]error:[/red] the stack did not start: {exc}", highlight=False)
+        _error(f"the stack did not start: {exc}")
         try:
             stack.stop()
         finally:
@@ -101,10 +107,10 @@ def up(
 
 
 def _print_banner(info, elapsed_s: float) -> None:
-    out = Console(soft_wrap=True)
+    out = Console(soft_wrap=True, markup=False, highlight=False)
     key_hint = "$FOUNDRY_ADMIN_KEY"
-    out.print(f"\n[bold green]Foundry is up[/bold green] in {elapsed_s:.0f} s"
-              f" ({'local Ray cluster' if info.started_ray else 'joined Ray cluster'})\n", highlight=False)
+    where = "local Ray cluster" if info.started_ray else "joined Ray cluster"
+    out.print(Text.assemble("\n", ("Foundry is up", "bold green"), f" in {elapsed_s:.0f} s ({where})\n"))
     out.print(f"  Gateway (OpenAI API)  {info.gateway_url}", highlight=False)
     out.print(f"  Control API           {info.control_url}   docs: {info.docs_url}", highlight=False)
     if info.dashboard_url:

@@ -1,0 +1,121 @@
+"""Starting after a crash, and joining a cluster: as an admin meets them.
+
+- ``foundry up`` killed with SIGKILL (as the OOM killer does) leaves Serve's HAProxy holding the
+  port; the next ``foundry up`` on the same FOUNDRY_HOME clears it and serves.
+- ``foundry up --address`` joins a cluster started with ``ray start --head`` (token auth on, as
+  Ray 2.60 starts heads) and serves through it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_support import ADMIN_KEY, foundry_bin, free_port, start_stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# No runtimes: what is under test is the stack's start, not a model's.
+CONFIG = """
+[models.remote.providers.p]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+"""
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "foundry.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_up_after_a_sigkill_clears_what_the_dead_stack_left(tmp_path, config):
+    home, port = tmp_path / "home", free_port()
+    first = start_stack(home, port, config)
+    os.kill(first.proc.pid, signal.SIGKILL)  # foundry up alone, as the OOM killer would
+    first.proc.wait(30)
+    second = start_stack(home, port, config)  # would fail: HAProxy of the dead stack had the port
+    try:
+        models = httpx.get(f"{second.base_url}/models", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        assert [m["id"] for m in models.json()["data"]] == ["remote"]
+        assert "cleared HAProxy pid" in second.log() or "Foundry is up" in second.log()
+    finally:
+        assert second.stop() == 0
+
+
+def test_up_refuses_a_port_held_by_something_else_and_names_it(tmp_path, config):
+    port = free_port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(600)"]
+    )
+    try:
+        env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home"), "FOUNDRY_ADMIN_KEY": ADMIN_KEY}
+        env.pop("RAY_ADDRESS", None)
+        deadline = time.monotonic() + 20
+        while subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True, text=True).stdout.count("\n") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        result = subprocess.run(
+            [foundry_bin(), "up", "--port", str(port), "--config", str(config)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert f"port {port} is in use by pid {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_up_joins_a_cluster_started_with_ray_start(tmp_path, config):
+    """The README's "outgrowing one machine" path: a head with token auth, then --address."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    gcs_port, http_port = free_port(), free_port()
+    # A HOME and a Ray temp dir of its own: the head's token and its "current cluster" record
+    # stay out of every other test's way.
+    env = {**os.environ, "HOME": str(tmp_path / "user"), "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        home = tmp_path / "home"
+        log_path = tmp_path / "up.log"
+        up_env = {**env, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "w") as log:
+            up = subprocess.Popen(
+                [foundry_bin(), "up", "--address", f"127.0.0.1:{gcs_port}", "--port", str(http_port),
+                 "--config", str(config)],
+                env=up_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while "Foundry is up" not in log_path.read_text():
+                assert up.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+                time.sleep(1)
+            assert "joined Ray cluster" in log_path.read_text()
+            reply = httpx.get(
+                f"http://127.0.0.1:{http_port}/v1/models", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+            )
+            assert reply.status_code == 200 and reply.json()["data"][0]["id"] == "remote"
+        finally:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
