@@ -1,6 +1,7 @@
 """``foundry login``: sign in at the OIDC issuer and keep the tokens for the CLI and notebooks.
 
-Two flows, both for a public client (no secret):
+Two flows, for a public client (no secret; the usual for a CLI) or, with ``client_secret``, a
+confidential one (HTTP Basic, ``client_secret_basic``, which every issuer supports):
 
 - authorization code with PKCE (RFC 7636) on a loopback redirect (RFC 8252): a one-shot HTTP
   server on ``127.0.0.1`` receives the code, the browser does the signing in;
@@ -62,24 +63,27 @@ def login(
     announce: Callable[[str], Any] = print,
     timeout_s: float = LOGIN_TIMEOUT_S,
     scopes: str = SCOPES,
+    client_secret: str | None = None,
 ) -> dict[str, Any]:
     """Sign in and cache the tokens; returns the cached record (tokens included)."""
     issuer = issuer.rstrip("/")
+    client = {"client_id": client_id} | ({"client_secret": client_secret} if client_secret else {})
     with httpx.Client(timeout=TIMEOUT_S) as http:
         discovery = _json(http.get(f"{issuer}/.well-known/openid-configuration"), "discovery")
         if device:
             if "device_authorization_endpoint" not in discovery:
                 raise LoginError(f"{issuer} offers no device flow; log in without --device")
-            tokens = _device_flow(http, discovery, client_id, scopes, announce, timeout_s)
+            tokens = _device_flow(http, discovery, client, scopes, announce, timeout_s)
         else:
-            tokens = _code_flow(http, discovery, client_id, scopes, open_browser, announce, timeout_s)
-    record = _record(issuer, client_id, discovery["token_endpoint"], tokens)
+            tokens = _code_flow(http, discovery, client, scopes, open_browser, announce, timeout_s)
+    record = _record(issuer, client, discovery["token_endpoint"], tokens)
     _save(record)
     return record
 
 
 def current_token(*, issuer: str | None = None) -> str | None:
-    """The cached ID token, refreshed if it is about to expire; None without a usable login."""
+    """The cached ID token, refreshed if it is about to expire; None without a usable login
+    (none cached, or expired and the issuer would not refresh it with a new ID token)."""
     path = cache_path()
     try:
         record = json.loads(path.read_text())
@@ -93,16 +97,15 @@ def current_token(*, issuer: str | None = None) -> str | None:
         return None
     try:
         with httpx.Client(timeout=TIMEOUT_S) as http:
-            response = http.post(
-                record["token_endpoint"],
-                data={"grant_type": "refresh_token", "refresh_token": record["refresh_token"],
-                      "client_id": record["client_id"]},  # fmt: skip
+            response = _token_request(
+                http, record["token_endpoint"], record["client"],
+                {"grant_type": "refresh_token", "refresh_token": record["refresh_token"]},
             )
         tokens = _json(response, "token refresh")
-    except (httpx.HTTPError, LoginError):
+        tokens.setdefault("refresh_token", record["refresh_token"])
+        record = _record(record["issuer"], record["client"], record["token_endpoint"], tokens)
+    except (httpx.HTTPError, LoginError):  # e.g. an issuer that sends no new ID token: log in again
         return None
-    tokens.setdefault("refresh_token", record["refresh_token"])
-    record = _record(record["issuer"], record["client_id"], record["token_endpoint"], tokens)
     _save(record)
     return record["id_token"]
 
@@ -119,37 +122,37 @@ def logout() -> bool:
 # --- flows -----------------------------------------------------------------------------------
 
 
-def _code_flow(http, discovery, client_id, scopes, open_browser, announce, timeout_s) -> dict:
+def _code_flow(http, discovery, client, scopes, open_browser, announce, timeout_s) -> dict:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     state = secrets.token_urlsafe(16)
     with _Loopback() as loopback:
         redirect_uri = loopback.url
         url = discovery["authorization_endpoint"] + "?" + urlencode({
-            "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "scope": scopes,
+            "response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri, "scope": scopes,
             "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
             "nonce": secrets.token_urlsafe(16),
         })  # fmt: skip
         announce(f"Opening the browser to sign in; if it does not open, visit:\n{url}")
         open_browser(url)
         params = loopback.wait(timeout_s)
+    if "error" in params:  # checked first: an error answer may come without the state
+        raise LoginError(f"the issuer refused the sign-in: {params['error'][:100]}")
     if params.get("state") != state:
         raise LoginError("the sign-in answer did not match this login (state); try again")
-    if "error" in params:
-        raise LoginError(f"the issuer refused the sign-in: {params['error']}")
     if "code" not in params:
         raise LoginError("the issuer sent no authorization code")
-    response = http.post(
-        discovery["token_endpoint"],
-        data={"grant_type": "authorization_code", "code": params["code"], "redirect_uri": redirect_uri,
-              "client_id": client_id, "code_verifier": verifier},  # fmt: skip
-    )
+    response = _token_request(
+        http, discovery["token_endpoint"], client,
+        {"grant_type": "authorization_code", "code": params["code"], "redirect_uri": redirect_uri,
+         "code_verifier": verifier},
+    )  # fmt: skip
     return _json(response, "token exchange")
 
 
-def _device_flow(http, discovery, client_id, scopes, announce, timeout_s) -> dict:
+def _device_flow(http, discovery, client, scopes, announce, timeout_s) -> dict:
     start = _json(
-        http.post(discovery["device_authorization_endpoint"], data={"client_id": client_id, "scope": scopes}),
+        _token_request(http, discovery["device_authorization_endpoint"], client, {"scope": scopes}),
         "device authorization",
     )
     where = start.get("verification_uri_complete") or start["verification_uri"]
@@ -158,10 +161,9 @@ def _device_flow(http, discovery, client_id, scopes, announce, timeout_s) -> dic
     deadline = time.monotonic() + min(timeout_s, float(start.get("expires_in", timeout_s)))
     while time.monotonic() < deadline:
         time.sleep(interval)  # the issuer sets the polling pace (RFC 8628 section 3.5)
-        response = http.post(
-            discovery["token_endpoint"],
-            data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
-                  "device_code": start["device_code"], "client_id": client_id},  # fmt: skip
+        response = _token_request(
+            http, discovery["token_endpoint"], client,
+            {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": start["device_code"]},
         )
         if response.status_code == 200:
             return _json(response, "token exchange")
@@ -171,6 +173,13 @@ def _device_flow(http, discovery, client_id, scopes, announce, timeout_s) -> dic
         elif error != "authorization_pending":
             raise LoginError(f"the issuer refused the sign-in: {error or response.status_code}")
     raise LoginError("the sign-in was not completed in time")
+
+
+def _token_request(http: httpx.Client, url: str, client: dict[str, str], data: dict[str, str]) -> httpx.Response:
+    """POST to the issuer as the client: a public one names itself, a confidential one uses Basic."""
+    if "client_secret" in client:
+        return http.post(url, data=data, auth=(client["client_id"], client["client_secret"]))
+    return http.post(url, data={**data, "client_id": client["client_id"]})
 
 
 class _Loopback:
@@ -223,7 +232,7 @@ class _Loopback:
 # --- the cache -------------------------------------------------------------------------------
 
 
-def _record(issuer: str, client_id: str, token_endpoint: str, tokens: dict) -> dict[str, Any]:
+def _record(issuer: str, client: dict[str, str], token_endpoint: str, tokens: dict) -> dict[str, Any]:
     id_token = tokens.get("id_token")
     if not id_token:
         raise LoginError("the issuer returned no ID token (is the 'openid' scope allowed?)")
@@ -233,7 +242,7 @@ def _record(issuer: str, client_id: str, token_endpoint: str, tokens: dict) -> d
         raise LoginError("the issuer returned an ID token that is not a JWT") from exc
     return {
         "issuer": issuer,
-        "client_id": client_id,
+        "client": client,
         "token_endpoint": token_endpoint,
         "id_token": id_token,
         "access_token": tokens.get("access_token"),

@@ -2,7 +2,9 @@
 
 Each command group lives in its own module and registers itself on the root app:
 ``up``/``config`` (:mod:`control.cli.stack`), ``keys``/``projects``/``usage``
-(:mod:`control.cli.admin`), ``secrets`` (:mod:`control.cli.secrets`), ``pipelines``
+(:mod:`control.cli.admin`, members in :mod:`control.cli.members`), ``users``
+(:mod:`control.cli.users`), ``audit`` (:mod:`control.cli.audit`), ``login``/``logout``
+(:mod:`control.cli.login`), ``secrets`` (:mod:`control.cli.secrets`), ``pipelines``
 (:mod:`control.cli.pipelines`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
 (:mod:`tune.cli`).
 """
@@ -21,11 +23,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from control.cli import admin, pipelines, secrets, stack
+    from control.cli import admin, audit, login, pipelines, secrets, stack, users
     from tune import cli as tune_cli
 
     stack.register(app)
     admin.register(app)
+    users.register(app)
+    audit.register(app)
+    login.register(app)
     secrets.register(app)
     pipelines.register(app)
     tune_cli.register(app)

@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:
     projects.command("list")(projects_list)
     projects.command("create")(projects_create)
     projects.command("update")(projects_update)
+    from control.cli import members
+
+    members.register(projects)
     app.add_typer(keys, name="keys")
     app.add_typer(projects, name="projects")
     app.command("usage")(usage)
@@ -457,7 +460,11 @@ class _Client:
 
     def call(self, method: str, path: str, *, json: dict | None = None, params: dict | None = None) -> Any:
         if not self.api_key:
-            _fail("no API key: set FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY) or pass --api-key")
+            from control.login import current_token
+
+            self.api_key = current_token()  # `foundry login`'s token, refreshed if need be
+        if not self.api_key:
+            _fail("no credentials: run `foundry login`, set FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY) or pass --api-key")
         headers = {"Authorization": f"Bearer {self.api_key}"}
         try:
             with httpx.Client(timeout=TIMEOUT_S) as client:
@@ -470,6 +477,8 @@ class _Client:
             _fail(f"cannot reach the control API at {self.api} — is `foundry up` running?")
         if response.status_code >= 400:
             _fail(_describe_error(response))
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError:
@@ -483,7 +492,7 @@ def _describe_error(response: httpx.Response) -> str:
         message = response.reason_phrase or "request failed"
     hint = {
         401: " — check FOUNDRY_ADMIN_KEY or --api-key",
-        403: " — use an admin key",
+        403: " — your role does not allow this (see `foundry users me`)",
     }.get(response.status_code, "")
     return f"{message} (HTTP {response.status_code}){hint}"
 
