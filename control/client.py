@@ -85,8 +85,11 @@ class FoundryConnectionError(FoundryError):
 
 
 def resolve_api_key(explicit: str | None = None) -> str | None:
-    """The credential to send: ``explicit``, else ``$FOUNDRY_API_KEY``, else ``$FOUNDRY_ADMIN_KEY``."""
-    return explicit or os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY") or None
+    """The credential to send: ``explicit``, else ``$FOUNDRY_API_KEY``, else ``$FOUNDRY_ADMIN_KEY``,
+    else the token of ``foundry login`` (refreshed if need be; see :mod:`control.login`)."""
+    from control.login import current_token
+
+    return explicit or os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY") or current_token()
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -153,7 +156,9 @@ class Foundry:
         self.api_url = (api_url or os.environ.get("FOUNDRY_API") or DEFAULT_API).rstrip("/")
         key = resolve_api_key(api_key)
         if not key:
-            raise FoundryError("no API key: pass api_key=..., or set FOUNDRY_API_KEY or FOUNDRY_ADMIN_KEY")
+            raise FoundryError(
+                "no API key: pass api_key=..., set FOUNDRY_API_KEY or FOUNDRY_ADMIN_KEY, or run `foundry login`"
+            )
         self.api_key = key
         self.inference_url = (inference_url or self.api_url.removesuffix("/api") + "/v1").rstrip("/")
         self.timeout_s = timeout_s

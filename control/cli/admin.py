@@ -464,7 +464,7 @@ class _Client:
 
             self.api_key = current_token()  # `foundry login`'s token, refreshed if need be
         if not self.api_key:
-            _fail("no credentials: run `foundry login`, set FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY) or pass --api-key")
+            _fail("no API key: run `foundry login`, set FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY) or pass --api-key")
         headers = {"Authorization": f"Bearer {self.api_key}"}
         try:
             with httpx.Client(timeout=TIMEOUT_S) as client:

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from control import login as oidc_login
 from control.app import create_app
 from control.cli import admin, audit, users
+from control.client import Foundry as Client
 from control.config import AuthConfig
 from control.db import create_engine
 from control.keys import bootstrap_admin
@@ -122,6 +123,9 @@ async def test_login_then_the_cli_acts_as_the_signed_in_user(provider: str, home
         foundry = Foundry(api)
         me = json.loads((await foundry("users", "me", "--json")).stdout)
         assert (me["sub"], me["email"], me["is_admin"]) == ("ada", "ada@example.com", True)
+        # a notebook: the Python client picks up the same login
+        with Client(api) as notebook:
+            assert (await asyncio.to_thread(notebook.me)).email == "ada@example.com"
 
         await foundry("projects", "create", "lab")
         await foundry("projects", "members", "add", "lab", "bob@example.com", "--role", "viewer")
