@@ -41,6 +41,16 @@ MOVED: dict[str, tuple[str, ...]] = {
 }
 
 
+# old paths that are also the name of a function ``tune`` exports: importing the old path sets
+# ``tune.<name>`` to the module, so the module stays callable as that function
+CALLABLE = {"tune.optimize": "optimize", "tune.roofline": "roofline"}
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, CALLABLE[self.__name__])(*args, **kwargs)
+
+
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname in MOVED:
@@ -49,7 +59,8 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: Any) -> types.ModuleType:
         targets = [importlib.import_module(name) for name in MOVED[spec.name]]
-        module = types.ModuleType(spec.name, f"Moved: see {', '.join(MOVED[spec.name])}.")
+        kind = _CallableModule if spec.name in CALLABLE else types.ModuleType
+        module = kind(spec.name, f"Moved: see {', '.join(MOVED[spec.name])}.")
         module.__all__ = [n for t in targets for n in getattr(t, "__all__", [])]
 
         def __getattr__(name: str) -> Any:  # noqa: N807 (PEP 562 module attribute hook)

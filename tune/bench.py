@@ -54,6 +54,7 @@ __all__ = [
     "PromptFactory",
     "RequestRecord",
     "bench_rows",
+    "compare_with_prediction",
     "run_bench",
     "write_rows",
 ]
@@ -336,7 +337,9 @@ def bench_rows(config: BenchConfig, results: list[LevelResult]) -> list[dict[str
     """Rows of the measured-data schema (plus percentile columns), one per level."""
     from tune import __version__
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    measured = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     model_path = config.model_path or config.model
     rows = []
     for result in results:
@@ -353,8 +356,61 @@ def bench_rows(config: BenchConfig, results: list[LevelResult]) -> list[dict[str
             "silicon_ttft_ms": s["ttft_mean_ms"], "silicon_tpot_ms": s["tpot_mean_ms"],
             **{k: v for k, v in s.items() if k not in ("ttft_mean_ms", "tpot_mean_ms")},
             "endpoint": config.endpoint, "exact_prompt_tokens": config.tokenizer is not None,
+            "measured_utc": measured,
         })
     return rows
+
+
+def compare_with_prediction(rows: list[dict[str, Any]], predictor: Any = None) -> list[str]:
+    """Add the active predictor's view to each row, in place, and return a note per row whose
+    measurement falls outside the predicted 10th-90th percentile interval.
+
+    Each row gains ``pred_ttft_ms``, ``pred_tpot_ms``, their p10 and p90, ``pred_case``,
+    ``pred_version`` and ``outside_interval``; stored with the row, the measurement is the
+    next training row of ``foundry tune train --from-store``. Rows the catalogs cannot price
+    (a model name that is not a catalog id or a config.json) are left as they are.
+    """
+    import pandas as pd
+
+    from tune.errors import TuneError
+    from tune.predict.features import build_features
+    from tune.predict.predictor import Predictor
+    from tune.predict.workload import invalid_rows
+
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    invalid = invalid_rows(frame)
+    keep = [i for i in range(len(rows)) if i not in invalid]
+    if not keep:
+        return []
+    try:
+        predictor = predictor or Predictor.load()
+    except TuneError as exc:
+        return [f"no prediction to compare with: {exc}"]
+    features = build_features(frame.iloc[keep])
+    upper = predictor.predict_features(features, risk=0.1)
+    lower = predictor.predict_features(features, risk=0.9)
+    version = predictor.metadata.get("version", "shipped")
+    notes = []
+    for j, i in enumerate(keep):
+        row = rows[i]
+        outside = []
+        for target, column in (("ttft", "silicon_ttft_ms"), ("tpot", "silicon_tpot_ms")):
+            low, high = float(lower[f"{target}_bound"][j]), float(upper[f"{target}_bound"][j])
+            row[f"pred_{target}_ms"] = float(upper[target][j])
+            row[f"pred_{target}_ms_p10"], row[f"pred_{target}_ms_p90"] = low, high
+            measured = float(row[column])
+            if not low <= measured <= high:
+                outside.append(f"{target.upper()} {measured:.1f} ms outside {low:.1f}-{high:.1f}")
+        row["pred_case"] = str(upper["case"][j])
+        row["pred_version"] = version
+        row["outside_interval"] = bool(outside)
+        if outside:
+            notes.append(f"concurrency {row['batch_size']}: {'; '.join(outside)} "
+                         f"(predictor {version}, {row['pred_case']}): a training row for "
+                         "`foundry tune train --from-store`")
+    return notes
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -428,6 +484,6 @@ class MeasuringEvaluator:
                 cost_per_million_tokens_usd=check.gpus_used
                 * space.gpu(candidate.gpu).price_per_hour_usd
                 / max(tps_gpu * check.gpus_used * 3600.0, 1e-9) * 1e6,
-                violation=violation,
+                violation=violation, ttft_bound_ms=ttft, tpot_bound_ms=tpot,
             ))
         return out

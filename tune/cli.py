@@ -1,5 +1,5 @@
 """The optimizer's commands on the ``foundry`` CLI: ``predict``, ``optimize``, ``bench`` and the
-``tune`` group (``train``, ``cv``, ``models``, ``gpus``).
+``tune`` group (``train``, ``cv``, ``status``, ``activate``, ``models``, ``gpus``).
 
 Heavy libraries (pandas, xgboost, ray, httpx) are imported inside the commands so that
 ``foundry --help`` stays fast. Every :class:`tune.errors.TuneError` ends the command with its
@@ -13,6 +13,8 @@ Examples:
     foundry bench --base-url http://localhost:8000/v1 --model foundry-tiny --isl 128 --osl 32 \\
         --concurrency 1,4,16 --requests 32 --out bench.csv
     foundry tune train --data ../shared/perfdata
+    foundry tune train --from-store --since 2026-11-01 --data ../shared/perfdata
+    foundry tune status
 """
 
 from __future__ import annotations
@@ -97,11 +99,17 @@ def predict(
     artifacts: Annotated[
         Path | None, typer.Option("--artifacts", help="predictor artifacts directory")
     ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="fail on the first invalid row instead of skipping it")
+    ] = False,
 ) -> None:
     """Predict TTFT, TPOT, E2E and output tokens/s per GPU for every row of a CSV.
 
-    Adds pred_ttft_ms, pred_tpot_ms, pred_e2e_ms and pred_output_tps_per_gpu; every input
-    column is carried through. model_path is a catalog id or a config.json path.
+    Adds pred_ttft_ms, pred_tpot_ms, pred_e2e_ms, pred_output_tps_per_gpu, the 90th
+    percentiles pred_ttft_ms_p90 and pred_tpot_ms_p90, and pred_case (seen, unseen_model,
+    unseen_gpu, unseen_model_gpu: what the training data held); every input column is carried
+    through. model_path is a catalog id or a config.json path. An invalid row is reported with
+    its line number and skipped (--strict: the command fails on it).
     """
     with _errors():
         import pandas as pd
@@ -112,10 +120,33 @@ def predict(
             frame = pd.read_csv(csv_in, dtype=str, keep_default_na=False)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise InvalidInput(f"cannot read {csv_in}: {exc}") from exc
-        result = _predictor(artifacts).predict(frame)
+        predictor = _predictor(artifacts)
+        result, invalid = predictor.predict_valid(frame)
+        for position in sorted(invalid):  # line 1 is the header
+            if strict:
+                raise InvalidInput(f"{csv_in} line {position + 2}: {invalid[position]}")
+            err.print(f"[yellow]skipped[/yellow] {csv_in} line {position + 2}: "
+                      f"{invalid[position]}", highlight=False, soft_wrap=True)
+        if invalid and result.empty:
+            raise InvalidInput(f"{csv_in}: no valid row ({len(invalid)} invalid)")
         out.parent.mkdir(parents=True, exist_ok=True)
         result.to_csv(out, index=False)
-        err.print(f"{len(result)} rows -> {out}")
+        _note_unseen(result)
+        err.print(f"{len(result)} rows -> {out}" + (f" ({len(invalid)} skipped)" if invalid else ""))
+
+
+def _note_unseen(result: Any) -> None:
+    """Flag rows whose GPU or model had no training rows (their intervals are wider)."""
+    if "pred_case" not in result.columns:
+        return
+    for case, what in (("unseen_gpu", "GPU"), ("unseen_model", "model"),
+                       ("unseen_model_gpu", "model and GPU")):
+        rows = result[result["pred_case"] == case]
+        if len(rows):
+            names = sorted(set(rows["system" if what == "GPU" else "model_path"].astype(str)))
+            err.print(f"[yellow]note:[/yellow] {len(rows)} rows on a {what} without training "
+                      f"rows ({', '.join(names[:5])}): less accurate, see pred_*_p90",
+                      highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,6 +182,9 @@ def optimize(
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key for --measure")] = None,
     requests: Annotated[int, typer.Option("--requests", help="requests per trial for --measure")] = 16,
     artifacts: Annotated[Path | None, typer.Option("--artifacts", help="predictor artifacts directory")] = None,
+    risk: Annotated[
+        float, typer.Option("--risk", help="accepted chance of missing an SLO: feasibility is judged on the (1 - risk) quantile; 0.5 = the point prediction")
+    ] = 0.1,
 ) -> None:
     """Find the deployment that meets the SLOs at the best throughput per GPU (or cost).
 
@@ -163,7 +197,7 @@ def optimize(
         from tune.errors import InvalidInput
 
         if candidates is not None:
-            _choose(candidates, slo_ttft_ms, slo_tpot_ms, artifacts)
+            _choose(candidates, slo_ttft_ms, slo_tpot_ms, artifacts, risk)
             return
         missing = [
             name for name, value in (("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
@@ -179,13 +213,14 @@ def optimize(
         _search(
             model=model, gpu=gpu, num_gpus=num_gpus, isl=isl, osl=osl, concurrency=concurrency,
             slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms,
-            objective=objective, search=search, as_json=as_json, seed=seed, price=price,
+            objective=objective, search=search, as_json=as_json, seed=seed, price=price, risk=risk,
             use_ray=use_ray or measure, measure=measure, base_url=base_url, api_key=api_key,
             requests=requests, artifacts=artifacts,
         )
 
 
-def _choose(path: Path, slo_ttft_ms: float, slo_tpot_ms: float, artifacts: Path | None) -> None:
+def _choose(path: Path, slo_ttft_ms: float, slo_tpot_ms: float, artifacts: Path | None,
+            risk: float) -> None:
     import pandas as pd
 
     from tune.errors import InvalidInput
@@ -196,7 +231,7 @@ def _choose(path: Path, slo_ttft_ms: float, slo_tpot_ms: float, artifacts: Path 
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from exc
     _json(choose_candidate(frame, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms,
-                           predictor=_predictor(artifacts)))
+                           predictor=_predictor(artifacts), risk=risk))
 
 
 def _prices(text: str | None) -> dict[str, float]:
@@ -227,7 +262,7 @@ def _search(**kw: Any) -> None:
             num_gpus=kw["num_gpus"], isl=kw["isl"], osl=kw["osl"], concurrency=kw["concurrency"],
             slo_ttft_ms=kw["slo_ttft_ms"], slo_tpot_ms=kw["slo_tpot_ms"],
             slo_e2e_ms=kw["slo_e2e_ms"], objective=kw["objective"],
-            price_per_hour_usd=_prices(kw["price"]),
+            price_per_hour_usd=_prices(kw["price"]), risk=kw["risk"],
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -329,7 +364,13 @@ def bench(
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        from tune.bench import BenchConfig, bench_rows, run_bench, write_rows
+        from tune.bench import (
+            BenchConfig,
+            bench_rows,
+            compare_with_prediction,
+            run_bench,
+            write_rows,
+        )
 
         config = BenchConfig(
             base_url=base_url, model=model, isl=isl, osl=osl,
@@ -347,6 +388,8 @@ def bench(
             update: Callable[[int, Any], None] = lambda level, _r: progress.advance(tasks[level])
             results = asyncio.run(run_bench(config, on_done=update))
         rows = bench_rows(config, results)
+        for note in compare_with_prediction(rows):
+            err.print(f"[yellow]prediction off:[/yellow] {note}", highlight=False, soft_wrap=True)
         if out is not None:
             write_rows(rows, out)
             err.print(f"{len(rows)} rows -> {out}")
@@ -402,70 +445,228 @@ def _print_bench(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _load_data(data: Path | None):  # noqa: ANN202
+def _store_rows(api: str, since: str | None) -> Any:
+    """`foundry bench` rows stored in the metrics store (GET /api/benchmarks), as a frame."""
+    import os
+
+    import httpx
+
+    from tune.errors import DataError
+    from tune.predict.perfdata import measured_frame
+
+    key = os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY")
+    if not key:
+        raise DataError("--from-store needs an admin key in FOUNDRY_ADMIN_KEY (or FOUNDRY_API_KEY)")
+    try:
+        r = httpx.get(f"{api.rstrip('/')}/benchmarks", headers={"Authorization": f"Bearer {key}"},
+                      timeout=60)
+    except httpx.HTTPError as exc:
+        raise DataError(f"cannot reach the control API at {api} ({type(exc).__name__})") from exc
+    if r.status_code != 200:
+        raise DataError(f"the control API answered {r.status_code} to GET {api}/benchmarks")
+    return measured_frame(r.json()["data"], source="store", since=since)
+
+
+def _load_data(data: list[Path] | None, *, from_store: bool = False, since: str | None = None,
+               api: str = "") -> Any:
+    import pandas as pd
+
     from tune.predict.perfdata import default_data_dir, load_measured
     from tune.predict.training import usable_rows
 
-    frame = load_measured(data or default_data_dir())
+    paths = list(data or [])
+    if not paths and not from_store:
+        paths = [default_data_dir()]
+    frames = [load_measured(path) for path in paths]
+    if from_store:
+        stored = _store_rows(api, since)
+        err.print(f"{len(stored)} rows from the metrics store" + (f" since {since}" if since else ""))
+        frames.append(stored)
+    frame = pd.concat(frames, ignore_index=True)
     frame, skipped = usable_rows(frame)
     for line in skipped:
         err.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+    if frame.empty:
+        from tune.errors import DataError
+
+        raise DataError("no usable training rows")
     return frame
 
 
-def _print_cv(report: Any) -> None:
+def _print_cv(report: Any, title: str = "Cross-validation") -> None:
     from rich.table import Table
 
-    table = Table(title=f"Cross-validation ({report.rows} rows; pooled out-of-fold errors)")
-    for col in ("scheme", "target", "MAPE", "median APE", "signed mean error"):
+    out = Console()
+    table = Table(title=f"{title} ({report.rows} rows; pooled out-of-fold errors)")
+    for col in ("scheme", "target", "MAPE", "median APE", "p90 APE", "signed mean error",
+                "p90 covers"):
         table.add_column(col, justify="right" if col != "scheme" else "left")
     for row in report.table_rows():
         table.add_row(*row)
-    Console().print(table)
+    out.print(table)
+    if report.picking:
+        picks = Table(title=f"Picking among measured configurations (SLO = group medians, "
+                            f"risk {report.risk:g})")
+        for col in ("scheme", "groups", "met SLO", "wrong picks", "fallbacks", "median regret"):
+            picks.add_column(col, justify="right" if col != "scheme" else "left")
+        for row in report.picking_rows():
+            picks.add_row(*row)
+        out.print(picks)
+
+
+def _print_recorded_cv(metadata: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    cv = metadata.get("cross_validation") or {}
+    table = Table(title=f"{title} ({cv.get('rows', '?')} rows)")
+    for col in ("scheme", "target", "MAPE", "median APE", "signed mean error"):
+        table.add_column(col, justify="right" if col != "scheme" else "left")
+    for scheme, by_target in (cv.get("results") or {}).items():
+        for target, m in by_target.items():
+            table.add_row(scheme, target.upper(), f"{m['mape']:.1f}%", f"{m['median_ape']:.1f}%",
+                          f"{m['signed_mean_error']:+.1f}%")
+    Console().print(table if cv else f"{title}: none recorded")
+
+
+_DATA_HELP = "measured-data CSV or directory; repeat for several (default: $FOUNDRY_PERFDATA or ../shared/perfdata)"
 
 
 @tune_app.command("train")
 def train(
-    data: Annotated[
-        Path | None, typer.Option("--data", help="measured-data CSV or directory (default: $FOUNDRY_PERFDATA or ../shared/perfdata)")
+    data: Annotated[list[Path] | None, typer.Option("--data", help=_DATA_HELP)] = None,
+    from_store: Annotated[
+        bool, typer.Option("--from-store", help="also train on `foundry bench` rows stored in the metrics store")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="with --from-store: only rows measured at or after this ISO 8601 time")
     ] = None,
+    api: Annotated[
+        str, typer.Option("--api", envvar="FOUNDRY_API", help="control API holding the stored rows")
+    ] = "http://127.0.0.1:8000/api",
     out: Annotated[
-        Path | None, typer.Option("--out", help="artifacts directory (default: the package's tune/artifacts)")
+        Path | None, typer.Option("--out", help="write the artifacts to this directory instead of a new version under $FOUNDRY_HOME/tune")
     ] = None,
-    cv: Annotated[bool, typer.Option("--cv/--no-cv", help="run and record cross-validation")] = True,
+    activate: Annotated[
+        bool, typer.Option("--activate/--no-activate", help="make the new version the one that predicts")
+    ] = True,
+    cv: Annotated[bool, typer.Option("--cv/--no-cv", help="run and record cross-validation (needed for the p90 intervals)")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Train the TTFT/TPOT predictor and write its versioned JSON artifacts (+ CV report)."""
+    """Train the TTFT/TPOT predictor and version its artifacts under $FOUNDRY_HOME/tune.
+
+    Prints the cross-validation recorded with the version that predicted before and the one of
+    the new version, then makes the new version active (foundry tune status shows it).
+    """
     with _errors():
+        from tune.errors import TuneError
+        from tune.predict.predictor import ArtifactStore, Predictor
         from tune.predict.training import cross_validate
         from tune.predict.training import train as fit
 
-        frame = _load_data(data)
+        frame = _load_data(data, from_store=from_store, since=since, api=api)
+        store = ArtifactStore.default()
+        try:
+            before = Predictor.load().metadata
+        except TuneError:  # no usable predictor before: nothing to compare with
+            before = {}
         report = None
         if cv:
             err.print(f"cross-validating on {len(frame)} rows ...")
             report = cross_validate(frame, seed=seed)
-            _print_cv(report)
         predictor = fit(frame, seed=seed, cv=report)
-        for path in predictor.save(out):
-            err.print(f"wrote {path}")
+        if before:
+            _print_recorded_cv(before, f"Before: {before.get('version', 'shipped')} "
+                                       f"({before.get('training_rows', '?')} training rows)")
+        if report is not None:
+            _print_cv(report, "After: the new predictor")
+        if out is not None:
+            for path in predictor.save(out):
+                err.print(f"wrote {path}")
+            return
+        name = store.add(predictor, activate=activate)
+        state = "active" if activate else "not active (foundry tune activate " + name + ")"
+        err.print(f"version {name} in {store.versions_dir / name}: {len(frame)} rows, {state}")
 
 
 @tune_app.command("cv")
 def cv_command(
-    data: Annotated[Path | None, typer.Option("--data", help="measured-data CSV or directory")] = None,
+    data: Annotated[list[Path] | None, typer.Option("--data", help=_DATA_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    risk: Annotated[float, typer.Option("--risk", help="risk of the picking evaluation's SLO check")] = 0.1,
+    scheme: Annotated[
+        list[str] | None, typer.Option("--scheme", help="random, leave_one_model_out, leave_one_gpu_out (default: all)")
+    ] = None,
 ) -> None:
-    """Cross-validate the predictor recipe: random, leave-one-model-out, leave-one-GPU-out."""
+    """Cross-validate the predictor recipe (random 5-fold, leave one model out, leave one GPU
+    out): MAPE, median and p90 APE, signed mean error, p90 coverage, and the picking
+    evaluation (does the chosen configuration meet the SLO by the measured values?)."""
     with _errors():
-        from tune.predict.training import cross_validate
+        from tune.errors import InvalidInput
+        from tune.predict.predictor import check_risk
+        from tune.predict.training import SCHEMES, cross_validate
 
-        report = cross_validate(_load_data(data), seed=seed)
+        check_risk(risk)
+        schemes = tuple(scheme or SCHEMES)
+        unknown = [s for s in schemes if s not in SCHEMES]
+        if unknown:
+            raise InvalidInput(f"unknown --scheme {unknown[0]!r}; known: {', '.join(SCHEMES)}")
+        report = cross_validate(_load_data(data), seed=seed, risk=risk, schemes=schemes)
         if as_json:
             _json(report.to_json())
         else:
             _print_cv(report)
+
+
+@tune_app.command("status")
+def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Which predictor version predicts, trained on what data, and how accurate it was."""
+    with _errors():
+        from tune.predict.predictor import ArtifactStore, Predictor
+
+        store = ArtifactStore.default()
+        predictor = Predictor.load()
+        meta = predictor.metadata
+        cv = meta.get("cross_validation") or {}
+        info = {
+            "active": store.active() or "shipped",
+            "path": meta.get("loaded_from"),
+            "versions": store.versions(),
+            "created_utc": meta.get("created_utc"),
+            "training_rows": meta.get("training_rows"),
+            "training_sources": meta.get("training_sources"),
+            "training_data_sha256": meta.get("training_data_sha256"),
+            "systems": meta.get("systems"),
+            "architectures": meta.get("architectures"),
+            "intervals": bool(meta.get("intervals")),
+            "cross_validation": cv.get("results"),
+            "picking": cv.get("picking"),
+        }
+        if as_json:
+            _json(info)
+            return
+        out = Console()
+        out.print(f"[bold]predictor[/bold] {info['active']} ({info['path']})")
+        for key in ("created_utc", "training_rows", "training_sources", "systems",
+                    "training_data_sha256", "versions"):
+            value = info[key]
+            out.print(f"  {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}",
+                      highlight=False)
+        if not info["intervals"]:
+            out.print("  [yellow]no intervals[/yellow]: trained without cross-validation, "
+                      "pred_*_p90 equal the point predictions")
+        _print_recorded_cv(meta, "Cross-validation recorded with it")
+
+
+@tune_app.command("activate")
+def activate_version(version: Annotated[str, typer.Argument(help="e.g. v0003 (see foundry tune status)")]) -> None:
+    """Make a trained version the one that predicts (roll back or forward)."""
+    with _errors():
+        from tune.predict.predictor import ArtifactStore
+
+        store = ArtifactStore.default()
+        store.activate(version)
+        err.print(f"{version} is active ({store.versions_dir / version})")
 
 
 @tune_app.command("models")

@@ -120,6 +120,13 @@ GPUS: dict[str, GPU] = {
              bf16_dense_tflops=1307.0, fp8_dense_tflops=2615.0, int8_dense_tops=2615.0,
              hbm_bandwidth_gbs=5300.0, memory_gb=192.0, interconnect_gbs=896.0,
              nvlink_domain_gpus=8, gpus_per_node=8, price_per_hour_usd=2.50),
+        # The stack's CPU runtime (``foundry bench`` records ``system=cpu`` by default), so
+        # benchmarks of a local stack train and test the predictor like any GPU's. Indicative
+        # figures of one modern server socket: AVX-512/AMX bf16 peak, DDR5 bandwidth.
+        _gpu(name="cpu", vendor="generic", description="CPU host (the CPU runtime)",
+             bf16_dense_tflops=2.0, hbm_bandwidth_gbs=100.0, memory_gb=64.0,
+             interconnect_gbs=50.0, nvlink_domain_gpus=1, gpus_per_node=1,
+             price_per_hour_usd=0.20),
     )
 }
 

@@ -70,12 +70,15 @@ def _log(x: np.ndarray) -> np.ndarray:
 
 def _versions(versions: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(major.minor as a number, 1.0 for rc/dev/nightly builds); NaN where unknown."""
-    text = versions.astype(str).str.strip().str.lower()
+    import pandas as pd
+
+    codes, uniques = pd.factorize(versions.astype(str), sort=False)  # a few distinct versions
+    text = pd.Series(uniques, dtype=object).str.strip().str.lower()
     parts = text.str.extract(r"^(\d+)\.(\d+)")
     release = parts[0].astype(float) + parts[1].astype(float) / 100.0
     pre = text.str.contains(r"rc|dev|nightly|post|[a-z]", regex=True).astype(float)
     pre = pre.where(text != "", np.nan)
-    return release.to_numpy(dtype=float), pre.to_numpy(dtype=float)
+    return release.to_numpy(dtype=float)[codes], pre.to_numpy(dtype=float)[codes]
 
 
 def build_features(frame: pd.DataFrame, *, gpus: dict | None = None) -> Features:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tune.errors import DataError
 from tune.predict.schema import INPUT_COLUMNS, TARGET_COLUMNS
@@ -25,7 +25,7 @@ from tune.predict.schema import INPUT_COLUMNS, TARGET_COLUMNS
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ENV_VAR", "data_hash", "default_data_dir", "load_measured"]
+__all__ = ["ENV_VAR", "data_hash", "default_data_dir", "load_measured", "measured_frame"]
 
 ENV_VAR = "FOUNDRY_PERFDATA"
 
@@ -45,6 +45,39 @@ def _is_measured(path: Path) -> bool:
         return False
     names = {c.strip() for c in header.split(",")}
     return all(c in names for c in TARGET_COLUMNS) and "model_path" in names
+
+
+def _keep_measured(data: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    for column in TARGET_COLUMNS:
+        data[column] = pd.to_numeric(data[column], errors="coerce")
+    good = (data[TARGET_COLUMNS] > 0).all(axis=1)
+    return data[good].reset_index(drop=True)
+
+
+def measured_frame(
+    rows: list[dict[str, Any]], *, source: str, since: str | None = None
+) -> pd.DataFrame:
+    """Rows of the measured-data schema (``foundry bench`` rows from the metrics store) as a
+    frame like :func:`load_measured`'s. ``since`` (ISO 8601) keeps the rows whose
+    ``measured_utc`` is at or after it; rows without one are then left out."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for column in (*INPUT_COLUMNS, *TARGET_COLUMNS):
+        if column not in frame.columns:
+            frame[column] = None
+    if since is not None:
+        try:
+            cutoff = pd.Timestamp(since)
+        except ValueError as exc:
+            raise DataError(f"--since {since!r} is not an ISO 8601 time") from exc
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+        stamps = pd.to_datetime(frame.get("measured_utc"), errors="coerce", utc=True)
+        frame = frame[stamps >= cutoff] if stamps is not None else frame.iloc[0:0]
+    frame = frame.assign(source=source)
+    return _keep_measured(frame) if len(frame) else frame.reset_index(drop=True)
 
 
 def load_measured(path: str | Path) -> pd.DataFrame:
@@ -70,11 +103,7 @@ def load_measured(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(file, keep_default_na=True)
         frame["source"] = file.name
         frames.append(frame)
-    data = pd.concat(frames, ignore_index=True)
-    for column in TARGET_COLUMNS:
-        data[column] = pd.to_numeric(data[column], errors="coerce")
-    good = (data[TARGET_COLUMNS] > 0).all(axis=1)
-    data = data[good].reset_index(drop=True)
+    data = _keep_measured(pd.concat(frames, ignore_index=True))
     if data.empty:
         raise DataError(f"{root}: no row with positive {' and '.join(TARGET_COLUMNS)}")
     return data

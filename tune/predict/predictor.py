@@ -1,36 +1,60 @@
-"""The learned TTFT/TPOT predictor and its versioned JSON artifacts.
+"""The learned TTFT/TPOT predictor, its uncertainty and its versioned JSON artifacts.
 
-Prediction = calibrated roofline (:mod:`tune.predict.calibration`) x exp(learned residual), where the
-residual comes from one XGBoost booster per target trained on log(measured / calibrated) over
-the physics features of :mod:`tune.predict.features`. For an architecture or GPU absent from the
-training data the residual is weighted down (``unseen_residual_weight`` in the metadata).
+Prediction = calibrated roofline (:mod:`tune.predict.calibration`) x exp(learned residual +
+case shift), where the residual comes from one XGBoost booster per target trained on
+log(measured / calibrated) over the physics features of :mod:`tune.predict.features`.
 
-Artifacts (in ``tune/artifacts/`` by default, shipped in the package):
+Every row falls in one *case*, by what the training data held:
+
+    seen              its architecture and its GPU both had training rows
+    unseen_model      the GPU had rows, the architecture did not
+    unseen_gpu        the architecture had rows, the GPU did not
+    unseen_model_gpu  neither
+
+For an unseen architecture or GPU the learned residual is weighted down
+(``unseen_residual_weight``: trees cannot extrapolate). The uncertainty of each case is measured
+by cross-validation when the predictor is trained (random folds for ``seen``, leave one model
+out for ``unseen_model``, leave one GPU out for ``unseen_gpu``; the sum of both for
+``unseen_model_gpu``) and stored as quantiles of log(measured / predicted): the point prediction
+is shifted so that its mean relative error over the held-out rows is 0 (seen) or +5% (unseen
+cases: pessimistic, the safe side for an SLO), and the bound at risk ``r`` is the ``1 - r``
+quantile (``pred_ttft_ms_p90`` and ``pred_tpot_ms_p90`` at
+``r = 0.1``): a split-conformal interval per case.
+
+Artifacts (the shipped ones in ``tune/artifacts/``; trained versions in
+``$FOUNDRY_HOME/tune/versions/<version>/``, see :class:`ArtifactStore`):
 
 * ``ttft.json``, ``tpot.json``: the boosters (``xgboost.Booster.save_model`` JSON);
-* ``metadata.json``: artifact version, feature names, calibration coefficients, training-data
-  hash and size, xgboost parameters and version, and the cross-validation report.
+* ``metadata.json``: artifact version, feature names, calibration coefficients, interval
+  quantiles, training-data hash, size and sources, xgboost parameters and version, and the
+  cross-validation report.
 
 Example:
     >>> import pandas as pd
     >>> from tune.predict.predictor import Predictor
     >>> out = Predictor.load().predict(pd.DataFrame([{"model_path": "Qwen/Qwen3-32B",
     ...     "system": "h100_sxm", "isl": 1024, "osl": 256, "batch_size": 8, "tp_size": 2}]))
-    >>> list(out.columns[-4:])
-    ['pred_ttft_ms', 'pred_tpot_ms', 'pred_e2e_ms', 'pred_output_tps_per_gpu']
+    >>> list(out.columns[-7:])  # doctest: +NORMALIZE_WHITESPACE
+    ['pred_ttft_ms', 'pred_tpot_ms', 'pred_e2e_ms', 'pred_output_tps_per_gpu',
+     'pred_ttft_ms_p90', 'pred_tpot_ms_p90', 'pred_case']
+    >>> bool((out.pred_ttft_ms_p90 >= out.pred_ttft_ms).all())
+    True
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tune.errors import ArtifactError, InvalidInput
 from tune.predict.calibration import TARGETS, Calibration
-from tune.errors import ArtifactError
 from tune.predict.features import FEATURE_NAMES, Features, build_features
 from tune.predict.serving import e2e_ms, output_tps_per_gpu
 
@@ -38,18 +62,29 @@ if TYPE_CHECKING:
     import pandas as pd
     import xgboost
 
-__all__ = ["ARTIFACT_DIR", "ARTIFACT_VERSION", "Predictor", "derived_metrics"]
+__all__ = [
+    "ARTIFACT_DIR",
+    "ARTIFACT_VERSION",
+    "CASES",
+    "DEFAULT_RISK",
+    "LEVELS",
+    "ArtifactStore",
+    "Predictor",
+    "derived_metrics",
+]
 
 ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "artifacts"
-ARTIFACT_VERSION = 1  # bump when features or the calibration terms change meaning
+ARTIFACT_VERSION = 2  # bump when features, calibration terms or interval fields change meaning
 METADATA_FILE = "metadata.json"
+CASES = ("seen", "unseen_model", "unseen_gpu", "unseen_model_gpu")
+LEVELS = tuple(round(q / 100, 2) for q in range(1, 100))  # stored quantile levels
+DEFAULT_RISK = 0.1  # SLO feasibility is judged on the 90th percentile by default
 
 
 def derived_metrics(
     ttft_ms: np.ndarray, tpot_ms: np.ndarray, frame: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(e2e_ms, output tokens/s per GPU) as the issue defines them:
-    e2e = ttft + (osl - 1) * tpot; tokens/s/GPU = batch * osl / e2e_s / (tp * pp * dp)."""
+    """(e2e_ms, output tokens/s per GPU) of rows (see :mod:`tune.predict.serving`)."""
     osl = frame["osl"].to_numpy(dtype=float)
     e2e = e2e_ms(ttft_ms, tpot_ms, osl)
     gpus = (
@@ -61,9 +96,16 @@ def derived_metrics(
     return e2e, tps
 
 
+def check_risk(risk: float) -> float:
+    """``risk`` is the accepted chance of missing an SLO: strictly between 0 and 1."""
+    if not 0.0 < float(risk) < 1.0:
+        raise InvalidInput(f"risk must be between 0 and 1 (exclusive), got {risk}")
+    return float(risk)
+
+
 @dataclass
 class Predictor:
-    """Calibration plus one residual booster per target."""
+    """Calibration plus one residual booster per target, with per-case interval quantiles."""
 
     calibration: Calibration
     boosters: dict[str, xgboost.Booster]
@@ -72,15 +114,18 @@ class Predictor:
     # ----- persistence ------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path | None = None) -> Predictor:
-        """Load artifacts (default: the ones shipped in ``tune/artifacts``)."""
+        """Load artifacts: ``directory``, else the active version of the default
+        :class:`ArtifactStore` if there is one, else the shipped ``tune/artifacts``."""
         import xgboost
 
-        root = Path(directory) if directory else ARTIFACT_DIR
+        if directory is not None:
+            root = Path(directory)
+        else:
+            root = ArtifactStore.default().active_path() or ARTIFACT_DIR
         meta_path = root / METADATA_FILE
         if not meta_path.is_file():
             raise ArtifactError(
-                f"no predictor artifacts in {root}; train them with "
-                "`foundry tune train --data DIR`"
+                f"no predictor artifacts in {root}; train them with `foundry tune train`"
             )
         try:
             metadata = json.loads(meta_path.read_text())
@@ -102,6 +147,7 @@ class Predictor:
                 raise ArtifactError(f"cannot load {root / f'{target}.json'}: {exc}") from exc
             booster.set_param({"nthread": 1})
             boosters[target] = booster
+        metadata.setdefault("loaded_from", str(root))
         return cls(Calibration.from_json(metadata["calibration"]), boosters, metadata)
 
     def save(self, directory: str | Path | None = None) -> list[Path]:
@@ -114,7 +160,7 @@ class Predictor:
             booster.save_model(str(path))
             written.append(path)
         metadata = {
-            **self.metadata,
+            **{k: v for k, v in self.metadata.items() if k != "loaded_from"},
             "artifact_version": ARTIFACT_VERSION,
             "feature_names": FEATURE_NAMES,
             "calibration": self.calibration.to_json(),
@@ -124,45 +170,182 @@ class Predictor:
         written.append(meta_path)
         return written
 
-    # ----- prediction -------------------------------------------------------------------
-    def residual_weights(self, frame: pd.DataFrame) -> np.ndarray:
-        """1 where the training data had the row's architecture and GPU, less where it did not
-        (metadata ``unseen_residual_weight``): there the calibrated physics is trusted more."""
+    # ----- cases and intervals ----------------------------------------------------------
+    def cases(self, frame: pd.DataFrame) -> np.ndarray:
+        """The case of every (normalised) row: see the module docstring."""
         import pandas as pd
 
         from tune.catalog.architectures import resolve_model
 
-        weight = float(self.metadata.get("unseen_residual_weight", 1.0))
         archs = set(self.metadata.get("architectures", []))
         systems = set(self.metadata.get("systems", []))
-        if weight == 1.0 or not archs or not systems:
-            return np.ones(len(frame))
         codes, models = pd.factorize(frame["model_path"])
-        known_model = np.array([resolve_model(m).group in archs for m in models])[codes]
+        known_model = np.array([resolve_model(m).group in archs for m in models], dtype=bool)
+        known_model = known_model[codes] if len(models) else np.zeros(len(frame), dtype=bool)
         known_gpu = frame["system"].str.lower().isin(systems).to_numpy()
-        return np.where(known_model & known_gpu, 1.0, weight)
+        out = np.where(known_model, np.where(known_gpu, CASES[0], CASES[2]),
+                       np.where(known_gpu, CASES[1], CASES[3]))
+        return out.astype(object)
 
-    def predict_features(self, features: Features) -> dict[str, np.ndarray]:
-        """Predicted milliseconds per target for already-built features."""
+    def _quantile(self, target: str, cases: np.ndarray, level: float) -> np.ndarray:
+        """log(measured / raw prediction) at ``level`` for each row's case (0 when the
+        artifacts carry no intervals, i.e. were trained without cross-validation)."""
+        intervals = self.metadata.get("intervals") or {}
+        levels = intervals.get("levels")
+        out = np.zeros(len(cases))
+        if not levels:
+            return out
+        for case in CASES:
+            rows = cases == case
+            if rows.any():
+                q = intervals["quantiles"][case][target]
+                out[rows] = float(np.interp(level, levels, q))
+        return out
+
+    def _shift(self, target: str, cases: np.ndarray) -> np.ndarray:
+        """The log shift of each row's point prediction (0 without intervals)."""
+        shifts = (self.metadata.get("intervals") or {}).get("shifts") or {}
+        out = np.zeros(len(cases))
+        for case, by_target in shifts.items():
+            out[cases == case] = float(by_target[target])
+        return out
+
+    def residual_weights(self, cases: np.ndarray) -> np.ndarray:
+        """1 where the case is seen, ``unseen_residual_weight`` elsewhere."""
+        weight = float(self.metadata.get("unseen_residual_weight", 1.0))
+        return np.where(cases == CASES[0], 1.0, weight)
+
+    # ----- prediction -------------------------------------------------------------------
+    def raw_log_predict(self, features: Features) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(log of the unshifted prediction per target, case per row)."""
+        cases = self.cases(features.frame)
+        weights = self.residual_weights(cases)
         out = {}
-        weights = self.residual_weights(features.frame)
         for target in TARGETS:
             base = self.calibration.estimate(target, features.physics, features.roofline)
             x = np.column_stack([features.matrix, np.log(base)]).astype(np.float32)
             residual = np.asarray(self.boosters[target].inplace_predict(x), dtype=float)
-            out[target] = base * np.exp(weights * residual)
+            out[target] = np.log(base) + weights * residual
+        return out, cases
+
+    def predict_features(
+        self, features: Features, *, risk: float = DEFAULT_RISK
+    ) -> dict[str, np.ndarray]:
+        """Per target: the point prediction (``"ttft"``, ``"tpot"``), the p90 bound
+        (``"ttft_p90"``) and the bound at ``risk`` (``"ttft_bound"``), in ms; ``"case"``."""
+        check_risk(risk)
+        log_pred, cases = self.raw_log_predict(features)
+        out: dict[str, np.ndarray] = {"case": cases}
+        for target in TARGETS:
+            lp = log_pred[target]
+            out[target] = np.exp(lp + self._shift(target, cases))
+            p90 = np.exp(lp + self._quantile(target, cases, 0.9))
+            bound = np.exp(lp + self._quantile(target, cases, 1.0 - risk))
+            out[f"{target}_p90"] = np.maximum(p90, out[target])
+            # risk 0.5 is the point prediction; a smaller risk is never below it
+            out[f"{target}_bound"] = (out[target] if risk == 0.5 else
+                                      np.maximum(bound, out[target]) if risk < 0.5 else bound)
         return out
 
-    def predict(self, frame: pd.DataFrame, *, gpus: dict | None = None) -> pd.DataFrame:
-        """``frame`` as given (every column carried through) plus the four prediction columns.
+    def predict(
+        self, frame: pd.DataFrame, *, gpus: dict | None = None, risk: float = DEFAULT_RISK
+    ) -> pd.DataFrame:
+        """``frame`` as given (every column carried through) plus the prediction columns
+        (:data:`tune.predict.schema.PREDICTION_COLUMNS`).
 
-        Raises :class:`tune.errors.TuneError` subclasses naming the offending row.
+        Raises :class:`tune.errors.TuneError` subclasses naming the offending row; see
+        :meth:`predict_valid` to skip invalid rows instead.
         """
         features = build_features(frame, gpus=gpus)
-        pred = self.predict_features(features)
+        pred = self.predict_features(features, risk=risk)
         e2e, tps = derived_metrics(pred["ttft"], pred["tpot"], features.frame)
         out = frame.reset_index(drop=True)
         return out.assign(
             pred_ttft_ms=pred["ttft"], pred_tpot_ms=pred["tpot"], pred_e2e_ms=e2e,
-            pred_output_tps_per_gpu=tps,
+            pred_output_tps_per_gpu=tps, pred_ttft_ms_p90=pred["ttft_p90"],
+            pred_tpot_ms_p90=pred["tpot_p90"], pred_case=pred["case"],
         )
+
+    def predict_valid(
+        self, frame: pd.DataFrame, *, gpus: dict | None = None, risk: float = DEFAULT_RISK
+    ) -> tuple[pd.DataFrame, dict[int, str]]:
+        """Predictions for the valid rows, and every invalid row's position (0-based in
+        ``frame``) with the reason. The returned frame keeps the valid rows' order."""
+        from tune.predict.workload import invalid_rows
+
+        invalid = invalid_rows(frame, gpus=gpus)
+        keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(invalid, dtype=int))
+        if not len(keep):
+            return frame.iloc[0:0].assign(**{c: [] for c in _PREDICTED}), invalid
+        return self.predict(frame.iloc[keep], gpus=gpus, risk=risk), invalid
+
+
+_PREDICTED = (
+    "pred_ttft_ms", "pred_tpot_ms", "pred_e2e_ms", "pred_output_tps_per_gpu",
+    "pred_ttft_ms_p90", "pred_tpot_ms_p90", "pred_case",
+)
+
+
+class ArtifactStore:
+    """Trained predictor versions under one directory (``$FOUNDRY_HOME/tune`` by default)::
+
+        versions/v0001/{ttft.json, tpot.json, metadata.json}
+        versions/v0002/...
+        active            the name of the version that predicts (one line)
+
+    A new version is written in full, then ``active`` is replaced atomically, so a crash
+    leaves the previous version predicting. Without ``active`` the shipped artifacts predict.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    @classmethod
+    def default(cls) -> ArtifactStore:
+        home = os.environ.get("FOUNDRY_HOME") or Path.home() / ".foundry"
+        return cls(Path(home) / "tune")
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir()
+                      if re.fullmatch(r"v\d{4,}", p.name) and (p / METADATA_FILE).is_file())
+
+    def active(self) -> str | None:
+        path = self.root / "active"
+        if not path.is_file():
+            return None
+        name = path.read_text().strip()
+        return name if name in self.versions() else None
+
+    def active_path(self) -> Path | None:
+        name = self.active()
+        return self.versions_dir / name if name else None
+
+    def add(self, predictor: Predictor, *, activate: bool = True) -> str:
+        """Write ``predictor`` as the next version (and make it active); returns its name."""
+        existing = [int(v[1:]) for v in self.versions()]
+        name = f"v{(max(existing) + 1) if existing else 1:04d}"
+        staging = self.versions_dir / f".{name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        predictor.metadata = {**predictor.metadata, "version": name}
+        predictor.save(staging)
+        staging.rename(self.versions_dir / name)
+        if activate:
+            self.activate(name)
+        return name
+
+    def activate(self, name: str) -> None:
+        if name not in self.versions():
+            raise ArtifactError(f"no predictor version {name!r} in {self.versions_dir}; "
+                                f"known: {', '.join(self.versions()) or 'none'}")
+        tmp = self.root / ".active.tmp"
+        tmp.write_text(name + "\n")
+        os.replace(tmp, self.root / "active")
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return json.loads((self.versions_dir / name / METADATA_FILE).read_text())

@@ -5,8 +5,10 @@ It is the schema of ``measured_serving.csv`` (see ``../shared/perfdata/README.md
 ``foundry predict``. Rows are numbered from 1 (the first line after the header) in errors.
 
 Required input columns: ``model_path``, ``system``, ``isl``, ``osl``, ``batch_size``,
-``tp_size``. The rest take the defaults in :data:`DEFAULTS`; a blank ``moe_tp_size`` means
-"experts sharded like attention" (``tp_size * attention_dp_size / moe_ep_size``).
+``tp_size``. The rest take the defaults in :data:`DEFAULTS`; ``0`` or empty in
+``attention_dp_size``, ``moe_tp_size`` and ``moe_ep_size`` means "not used" (as the source
+format writes it), and a blank ``moe_tp_size`` means "experts sharded like attention"
+(``tp_size * attention_dp_size / moe_ep_size``).
 
 Example:
     >>> import pandas as pd
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULTS",
     "INPUT_COLUMNS",
     "MEASURED_COLUMNS",
+    "NOT_USED_COLUMNS",
     "NUMERIC_COLUMNS",
     "PREDICTION_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -45,12 +48,17 @@ INPUT_COLUMNS = [
 ]
 TARGET_COLUMNS = ["silicon_ttft_ms", "silicon_tpot_ms"]
 MEASURED_COLUMNS = ["id", *INPUT_COLUMNS, *TARGET_COLUMNS]
-PREDICTION_COLUMNS = ["pred_ttft_ms", "pred_tpot_ms", "pred_e2e_ms", "pred_output_tps_per_gpu"]
+PREDICTION_COLUMNS = [
+    "pred_ttft_ms", "pred_tpot_ms", "pred_e2e_ms", "pred_output_tps_per_gpu",
+    "pred_ttft_ms_p90", "pred_tpot_ms_p90", "pred_case",
+]
 REQUIRED_COLUMNS = ["model_path", "system", "isl", "osl", "batch_size", "tp_size"]
 NUMERIC_COLUMNS = [
     "isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size",
     "moe_ep_size",
 ]
+# "not used" may be written as 0 (or left empty) in these: they take their default
+NOT_USED_COLUMNS = ("attention_dp_size", "moe_tp_size", "moe_ep_size")
 DEFAULTS: dict[str, object] = {
     "backend": "vllm",
     "backend_version": "",
@@ -72,10 +80,14 @@ def row_label(frame: pd.DataFrame, position: int) -> str:
     return label
 
 
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+def normalise(frame: pd.DataFrame, *, invalid: dict[int, str] | None = None) -> pd.DataFrame:
     """A copy of ``frame`` with defaults filled in and numeric columns checked.
 
-    Raises :class:`InvalidInput` naming the first bad row or the missing column.
+    ``0`` or empty in :data:`NOT_USED_COLUMNS` means "not used" (the measured-data format
+    writes it so) and takes the default. Without ``invalid``, raises :class:`InvalidInput`
+    naming the first bad row or the missing column; with a dict, every bad row's position
+    (0-based) is recorded there with its message and the row is left in the frame for the
+    caller to drop.
     """
     import numpy as np
     import pandas as pd
@@ -85,6 +97,11 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
         raise InvalidInput(f"missing required column(s): {', '.join(missing)}")
     out = frame.copy()
     out.index = pd.RangeIndex(len(out))
+    for column in NOT_USED_COLUMNS:
+        if column in out.columns:
+            text = out[column].astype(str).str.strip()
+            zero = pd.to_numeric(text, errors="coerce") == 0
+            out[column] = out[column].where(~zero, np.nan)
     for column, default in DEFAULTS.items():
         if column not in out.columns:
             out[column] = default
@@ -94,24 +111,25 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("model_path", "system", "backend", "backend_version", "precision",
                    "gemm_quant_mode", "moe_quant_mode", "kv_cache_dtype"):
         out[column] = out[column].astype(str).str.strip().replace({"nan": "", "None": ""})
+    found: dict[int, str] = {}
     for column in NUMERIC_COLUMNS:
         if column not in out.columns:
             continue
         present = out[column].notna() & (out[column].astype(str).str.strip() != "")
         values = pd.to_numeric(out[column].where(present), errors="coerce")
         bad = (present & (values.isna() | (values <= 0))) | (~present & (column != "moe_tp_size"))
-        if bool(bad.any()):
-            position = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InvalidInput(
-                f"{row_label(out, position)}: {column} must be a positive number, "
-                f"got {out[column].iloc[position]!r}"
-            )
-        out[column] = values.astype(float)
+        for position in np.flatnonzero(bad.to_numpy()):
+            found.setdefault(int(position), f"{column} must be a positive number, got "
+                                            f"{str(out[column].iloc[position])!r}")
+        out[column] = values.where(~bad, 1.0).astype(float)
     for column in ("model_path", "system"):
-        blank = out[column] == ""
-        if bool(blank.any()):
-            position = int(np.flatnonzero(blank.to_numpy())[0])
-            raise InvalidInput(f"{row_label(out, position)}: {column} is empty")
+        for position in np.flatnonzero((out[column] == "").to_numpy()):
+            found.setdefault(int(position), f"{column} is empty")
+    if found and invalid is None:
+        position = min(found)
+        raise InvalidInput(f"{row_label(out, position)}: {found[position]}")
+    if invalid is not None:
+        invalid.update(found)
     derived = out["tp_size"] * out["attention_dp_size"] / out["moe_ep_size"]
     if "moe_tp_size" not in out.columns:
         out["moe_tp_size"] = derived

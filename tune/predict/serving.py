@@ -6,6 +6,8 @@ measuring evaluator, so a predicted and a measured configuration are judged the 
     e2e_ms              = ttft_ms + (osl - 1) * tpot_ms
     output tokens/s/GPU = batch * osl / (e2e_ms / 1000) / gpus_per_replica
     violation           = sum over SLOs of max(value / slo - 1, 0)    (0 = every SLO met)
+    pick                = the highest throughput among rows with violation 0; with none, the
+                          smallest violation (then the highest throughput)
 
 Example:
     >>> from tune.predict.serving import e2e_ms, output_tps_per_gpu, slo_violation
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["e2e_ms", "output_tps_per_gpu", "slo_violation"]
+__all__ = ["e2e_ms", "output_tps_per_gpu", "pick", "slo_violation"]
 
 
 def e2e_ms(ttft_ms, tpot_ms, osl):  # noqa: ANN001, ANN201 (floats or numpy arrays)
@@ -43,3 +45,13 @@ def slo_violation(ttft_ms, tpot_ms, *, slo_ttft_ms: float, slo_tpot_ms: float,  
     if slo_e2e_ms and e2e is not None:
         violation = violation + np.maximum(np.asarray(e2e, dtype=float) / slo_e2e_ms - 1.0, 0.0)
     return violation
+
+
+def pick(throughput, violation) -> tuple[int, bool]:  # noqa: ANN001 (numpy arrays)
+    """(position of the chosen row, whether it meets the SLOs): see the module docstring."""
+    throughput = np.asarray(throughput, dtype=float)
+    violation = np.asarray(violation, dtype=float)
+    meets = violation <= 0
+    if meets.any():
+        return int(np.flatnonzero(meets)[np.argmax(throughput[meets])]), True
+    return int(np.lexsort((-throughput, violation))[0]), False

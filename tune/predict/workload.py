@@ -28,7 +28,7 @@ from tune.predict.schema import normalise, row_label
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["physics_from_frame", "resolve"]
+__all__ = ["invalid_rows", "physics_from_frame", "resolve"]
 
 
 def _lookup_each(frame: pd.DataFrame, column: str, fetch):  # noqa: ANN001, ANN202
@@ -135,6 +135,48 @@ def resolve(
         kv_bytes=kv_bytes,
     )
     return frame, physics
+
+
+def invalid_rows(frame: pd.DataFrame, *, gpus: dict[str, GPU] | None = None) -> dict[int, str]:
+    """Every row :func:`resolve` would refuse, by position (0-based), with the reason.
+
+    Checks what :func:`tune.predict.schema.normalise` checks plus the catalog look-ups (model,
+    GPU, weight and KV-cache formats), each distinct value once.
+    """
+    import pandas as pd
+
+    invalid: dict[int, str] = {}
+    out = normalise(frame, invalid=invalid)
+    overrides = {k.lower(): v for k, v in (gpus or {}).items()}
+    archs: dict[str, Architecture] = {}
+
+    def model(name: str) -> None:
+        archs[name] = resolve_model(name)
+
+    def formats(key: str) -> None:
+        name, precision, gemm_mode, moe_mode = key.split("\x00")
+        if name in archs:
+            arch = archs[name]
+            resolve_formats(precision, gemm_mode, moe_mode, native=arch.native_precision,
+                            native_moe=arch.native_moe)
+
+    keys = (out["model_path"] + "\x00" + out["precision"] + "\x00" + out["gemm_quant_mode"]
+            + "\x00" + out["moe_quant_mode"])
+    checks = (
+        (out["model_path"], model),
+        (out["system"], lambda name: overrides.get(name.lower()) or get_gpu(name)),
+        (keys, formats),
+        (out["kv_cache_dtype"], kv_cache_bytes),
+    )
+    for values, check in checks:
+        codes, uniques = pd.factorize(values, sort=False)
+        for code, value in enumerate(uniques):
+            try:
+                check(str(value))
+            except TuneError as exc:
+                for position in np.flatnonzero(codes == code):
+                    invalid.setdefault(int(position), str(exc))
+    return invalid
 
 
 def physics_from_frame(frame: pd.DataFrame) -> Physics:

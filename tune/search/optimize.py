@@ -32,7 +32,7 @@ import numpy as np
 from tune.search.asktell import AskTell, SearchState
 from tune.search.deploy import deployment_spec
 from tune.errors import InvalidInput, NoFeasibleConfig
-from tune.predict.serving import slo_violation
+from tune.predict.serving import pick, slo_violation
 from tune.search.grid import GridSearch
 from tune.search.nsga2 import NSGA2Search
 from tune.search.space import Candidate, Evaluation, Evaluator, SearchSpace
@@ -161,29 +161,33 @@ def choose_candidate(
     slo_ttft_ms: float,
     slo_tpot_ms: float,
     predictor: Predictor | None = None,
+    risk: float = 0.1,
 ) -> dict[str, Any]:
     """Pick one row of ``frame`` (predict-input columns plus ``id``).
 
-    The row with the highest predicted output tokens/s per GPU among those predicted to meet
-    both SLOs; if none does, the row closest to meeting them (smallest summed relative excess).
-    Returns the row's ``id``, its predictions and whether it meets the SLOs.
+    The row with the highest predicted output tokens/s per GPU among those whose ``1 - risk``
+    quantiles (the 90th percentile by default) meet both SLOs; if none does, the row closest
+    to meeting them (smallest summed relative excess). Returns the row's ``id``, its
+    predictions and whether it meets the SLOs.
     """
+    from tune.predict.features import build_features
     from tune.predict.predictor import Predictor
 
     if "id" not in frame.columns:
         raise InvalidInput("the candidates CSV needs an `id` column")
     if frame.empty:
         raise InvalidInput("the candidates CSV has no rows")
-    predicted = (predictor or Predictor.load()).predict(frame)
+    predictor = predictor or Predictor.load()
+    features = build_features(frame)
+    pred = predictor.predict_features(features, risk=risk)
+    predicted = predictor.predict(frame, risk=risk)
     ttft = predicted["pred_ttft_ms"].to_numpy(dtype=float)
     tpot = predicted["pred_tpot_ms"].to_numpy(dtype=float)
     tps = predicted["pred_output_tps_per_gpu"].to_numpy(dtype=float)
-    violation = slo_violation(ttft, tpot, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
+    violation = slo_violation(pred["ttft_bound"], pred["tpot_bound"], slo_ttft_ms=slo_ttft_ms,
+                              slo_tpot_ms=slo_tpot_ms)
     meets = violation <= 0
-    if meets.any():
-        position = int(np.flatnonzero(meets)[np.argmax(tps[meets])])
-    else:
-        position = int(np.lexsort((-tps, violation))[0])
+    position, _ = pick(tps, violation)
     row = predicted.iloc[position]
     ident = row["id"]
     return {
@@ -192,6 +196,10 @@ def choose_candidate(
         "pred_tpot_ms": float(tpot[position]),
         "pred_e2e_ms": float(row["pred_e2e_ms"]),
         "pred_output_tps_per_gpu": float(tps[position]),
+        "pred_ttft_ms_bound": float(pred["ttft_bound"][position]),
+        "pred_tpot_ms_bound": float(pred["tpot_bound"][position]),
+        "pred_case": str(pred["case"][position]),
+        "risk": risk,
         "meets_slo": bool(meets[position]),
         "slo_violation": float(violation[position]),
         "candidates": len(frame),

@@ -16,8 +16,9 @@ Evaluation (:class:`Evaluator`) prices a batch of candidates with the predictor 
 * constraints: attention heads (and KV heads) divisible by ``tp``, ``tp`` within one NVLink
   domain, ``replicas * tp * pp`` within the GPU budget, weights plus the KV cache of ``b``
   sequences of ``isl + osl`` tokens within memory (:func:`tune.predict.roofline.memory_fit`);
-* SLOs (TTFT, TPOT, optional E2E) are soft constraints: ``violation`` is the summed relative
-  excess, 0 when every SLO is met.
+* SLOs (TTFT, TPOT, optional E2E) are soft constraints judged on the ``1 - risk`` quantile of
+  the predictions (the 90th percentile by default; see :mod:`tune.predict.predictor`):
+  ``violation`` is the summed relative excess, 0 when every SLO is met.
 
 Objectives: output tokens/s per GPU (maximise) or cost per million output tokens (minimise);
 the per-request TPOT is the second objective of the Pareto front.
@@ -79,6 +80,9 @@ class SearchSpace(BaseModel):
     max_num_batched_tokens: tuple[int, ...] = (2048, 4096, 8192, 16384)
     max_replicas: int | None = Field(default=None, ge=1)
     price_per_hour_usd: dict[str, float] = Field(default_factory=dict)
+    risk: float = Field(default=0.1, gt=0, lt=1, description=(
+        "accepted chance of missing an SLO: SLOs are judged on the (1 - risk) quantile of the "
+        "predictions (0.1: the 90th percentile; 0.5: the point prediction)"))
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -172,8 +176,10 @@ class Evaluation:
     output_tps_total: float
     cost_per_million_tokens_usd: float
     gpus_used: int
-    violation: float  # summed relative SLO excess; 0 = meets every SLO
+    violation: float  # summed relative SLO excess of the bounds; 0 = meets every SLO
     max_concurrency_per_replica: int
+    ttft_bound_ms: float = float("nan")  # the (1 - risk) quantile the SLOs are judged on
+    tpot_bound_ms: float = float("nan")
 
     @property
     def meets_slo(self) -> bool:
@@ -187,7 +193,7 @@ class Evaluation:
     _METRICS = (
         "feasible", "reason", "batch_per_replica", "ttft_ms", "tpot_ms", "e2e_ms",
         "output_tps_per_gpu", "output_tps_total", "cost_per_million_tokens_usd", "gpus_used",
-        "violation", "max_concurrency_per_replica",
+        "violation", "max_concurrency_per_replica", "ttft_bound_ms", "tpot_bound_ms",
     )
 
     def to_metrics(self) -> dict[str, object]:
@@ -217,6 +223,8 @@ class Evaluation:
             "gpus_used": self.gpus_used, "batch_per_replica": self.batch_per_replica,
             "pred_ttft_ms": round(self.ttft_ms, 3), "pred_tpot_ms": round(self.tpot_ms, 3),
             "pred_e2e_ms": round(self.e2e_ms, 3),
+            "pred_ttft_ms_bound": round(self.ttft_bound_ms, 3),
+            "pred_tpot_ms_bound": round(self.tpot_bound_ms, 3),
             "pred_output_tps_per_gpu": round(self.output_tps_per_gpu, 3),
             "pred_output_tps_total": round(self.output_tps_total, 3),
             "cost_per_million_tokens_usd": round(self.cost_per_million_tokens_usd, 4),
@@ -280,16 +288,20 @@ class Evaluator:
         })
         gpus = {name: s.gpu(name) for name in s.gpus}
         features = build_features(rows, gpus=gpus)
-        pred = self.predictor.predict_features(features)
+        pred = self.predictor.predict_features(features, risk=s.risk)
         roof = features.roofline
-        ttft, tpot = pred["ttft"].copy(), pred["tpot"].copy()
         # prefill budget: extra chunks each ride a decode step; default engines use 8192
         extra_chunks = np.ceil(s.isl / budget) - np.ceil(s.isl / PREFILL_CHUNK_TOKENS)
-        ttft = np.maximum(ttft + extra_chunks * tpot, 1e-3)
-        e2e = e2e_ms(ttft, tpot, s.osl)
         queued = np.maximum(load / batch - 1.0, 0.0)  # closed loop: wait for a running slot
-        ttft = ttft + queued * e2e
-        e2e = e2e_ms(ttft, tpot, s.osl)
+
+        def served(ttft: np.ndarray, tpot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            ttft = np.maximum(ttft + extra_chunks * tpot, 1e-3)
+            ttft = ttft + queued * e2e_ms(ttft, tpot, s.osl)
+            return ttft, e2e_ms(ttft, tpot, s.osl)
+
+        tpot, tpot_bound = pred["tpot"], pred["tpot_bound"]
+        ttft, e2e = served(pred["ttft"], tpot)
+        ttft_bound, e2e_bound = served(pred["ttft_bound"], tpot_bound)
         # memory: KV capacity after the activation reserve of the chosen budget
         default_budget = np.full_like(budget, PREFILL_CHUNK_TOKENS)
         act_gb = _activation_gb(arch, budget, tp) - _activation_gb(arch, default_budget, tp)
@@ -301,8 +313,9 @@ class Evaluator:
         price = np.array([gpus[c.gpu].price_per_hour_usd for c in cands])
         total_tps = tps_replica * replicas
         cost = gpus_used * price / np.maximum(total_tps * 3600.0, 1e-9) * 1e6
-        violation = slo_violation(ttft, tpot, slo_ttft_ms=s.slo_ttft_ms,
-                                  slo_tpot_ms=s.slo_tpot_ms, e2e=e2e, slo_e2e_ms=s.slo_e2e_ms)
+        violation = slo_violation(ttft_bound, tpot_bound, slo_ttft_ms=s.slo_ttft_ms,
+                                  slo_tpot_ms=s.slo_tpot_ms, e2e=e2e_bound,
+                                  slo_e2e_ms=s.slo_e2e_ms)
         out = []
         for i, c in enumerate(cands):
             reason = self._infeasible(c, int(capacity[i]), int(batch[i]), max_replicas[i])
@@ -313,6 +326,7 @@ class Evaluator:
                 output_tps_total=float(total_tps[i]),
                 cost_per_million_tokens_usd=float(cost[i]), gpus_used=int(gpus_used[i]),
                 violation=float(violation[i]), max_concurrency_per_replica=int(capacity[i]),
+                ttft_bound_ms=float(ttft_bound[i]), tpot_bound_ms=float(tpot_bound[i]),
             ))
         return out
 

@@ -28,7 +28,7 @@ def _write_measurements(directory: Path, n: int = 160) -> None:
     frame["silicon_ttft_ms"] = 20 + 1.5 * r.ttft_queued_ms
     frame["silicon_tpot_ms"] = 2 + 1.4 * r.tpot_ms
     frame.to_csv(directory / "measured.csv", index=False)
-    frame.loc[:9].assign(system="cpu").to_csv(directory / "bench_cpu.csv", index=False)
+    frame.loc[:9].assign(system="tpu_v9").to_csv(directory / "bench_tpu.csv", index=False)
 
 
 def test_tune_cv_and_train_from_a_directory(tmp_path: Path):
@@ -38,8 +38,8 @@ def test_tune_cv_and_train_from_a_directory(tmp_path: Path):
     cv = CliRunner().invoke(app, ["tune", "cv", "--data", str(tmp_path), "--json"])
     assert cv.exit_code == 0, cv.output
     report = json.loads(cv.stdout)
-    assert report["rows"] == 160  # the 10 cpu rows are skipped, with a note
-    assert "skipped" in cv.output and "system='cpu'" in cv.output
+    assert report["rows"] == 160  # the 10 rows of an unknown system are skipped, with a note
+    assert "skipped" in cv.output and "system='tpu_v9'" in cv.output
     assert report["results"]["random"]["tpot"]["mape"] < 10
 
     out = tmp_path / "artifacts"
@@ -49,3 +49,27 @@ def test_tune_cv_and_train_from_a_directory(tmp_path: Path):
     predictor = Predictor.load(out)
     assert predictor.metadata["cross_validation"]["rows"] == 160
     assert sorted(predictor.metadata["systems"]) == ["h100_sxm", "l40s"]
+
+
+def test_tune_train_versions_artifacts_under_foundry_home(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_measurements(data)
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    first = runner.invoke(app, ["tune", "train", "--data", str(data)])
+    assert first.exit_code == 0, first.output
+    assert "version v0001" in first.output and "Before: shipped" in first.output
+    status = json.loads(runner.invoke(app, ["tune", "status", "--json"]).stdout)
+    assert status["active"] == "v0001" and status["training_rows"] == 160
+    assert status["training_sources"] == ["measured.csv"] and status["intervals"]
+    second = runner.invoke(app, ["tune", "train", "--data", str(data / "measured.csv"), "--no-activate"])
+    assert second.exit_code == 0, second.output
+    status = json.loads(runner.invoke(app, ["tune", "status", "--json"]).stdout)
+    assert status["active"] == "v0001" and status["versions"] == ["v0001", "v0002"]
+    assert runner.invoke(app, ["tune", "activate", "v0002"]).exit_code == 0
+    assert Predictor.load().metadata["version"] == "v0002"
+    bad = runner.invoke(app, ["tune", "activate", "v0042"])
+    assert bad.exit_code == 1 and "v0042" in bad.output

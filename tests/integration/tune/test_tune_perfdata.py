@@ -37,3 +37,9 @@ def test_shipped_artifacts_were_trained_on_this_data_and_carry_their_cv(measured
     cv = meta["cross_validation"]["results"]
     assert set(cv) == {"random", "leave_one_model_out", "leave_one_gpu_out"}
     assert cv["random"]["tpot"]["mape"] < 10.0
+    # unseen cases are predicted on the safe side, and the p90 bounds cover about 90%
+    for scheme in ("leave_one_model_out", "leave_one_gpu_out"):
+        for target in ("ttft", "tpot"):
+            assert cv[scheme][target]["signed_mean_error"] >= 0.0
+            assert 80 <= cv[scheme][target]["p90_coverage"] <= 97
+    assert set(meta["intervals"]["quantiles"]) == {"seen", "unseen_model", "unseen_gpu", "unseen_model_gpu"}

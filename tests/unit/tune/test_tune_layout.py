@@ -49,3 +49,14 @@ def test_subpackage_front_doors_resolve():
         module = importlib.import_module(package)
         for name in module.__all__:
             assert getattr(module, name) is not None
+
+
+def test_importing_an_old_path_keeps_the_same_named_function_callable():
+    import tune
+    import tune.optimize  # sets tune.optimize to the old-path module  # noqa: F401
+    from tune.search.space import SearchSpace
+
+    space = SearchSpace(model="Qwen/Qwen3-8B", gpus=("h100_sxm",), num_gpus=1, isl=512, osl=128,
+                        concurrency=4, slo_ttft_ms=5000, slo_tpot_ms=100, tp=(1,), pp=(1,),
+                        max_num_seqs=(4,), precisions=("native",), max_num_batched_tokens=(8192,))
+    assert tune.optimize(space, search="grid").best is not None

@@ -90,10 +90,16 @@ def test_choose_candidate_prefers_throughput_among_slo_meeting_rows(predictor: P
     ])
     pred = predictor.predict(rows)
     slo_tpot = float(pred.loc[2, "pred_tpot_ms"]) * 1.01  # rows 0..2 meet it, 3 does not
-    chosen = choose_candidate(rows, slo_ttft_ms=1e6, slo_tpot_ms=slo_tpot, predictor=predictor)
+    # risk 0.5 judges the SLOs on the point prediction
+    chosen = choose_candidate(rows, slo_ttft_ms=1e6, slo_tpot_ms=slo_tpot, predictor=predictor,
+                              risk=0.5)
     meeting = pred[pred["pred_tpot_ms"] <= slo_tpot]
     assert chosen["id"] == int(meeting.loc[meeting["pred_output_tps_per_gpu"].idxmax(), "id"])
     assert chosen["meets_slo"]
+    # the default risk (0.1) judges them on the 90th percentile: row 2 is no longer safe
+    safe = choose_candidate(rows, slo_ttft_ms=1e6, slo_tpot_ms=slo_tpot, predictor=predictor)
+    assert safe["pred_tpot_ms_bound"] > safe["pred_tpot_ms"]
+    assert safe["pred_tpot_ms_bound"] <= slo_tpot and safe["id"] != 2
     none = choose_candidate(rows, slo_ttft_ms=1e6, slo_tpot_ms=0.001, predictor=predictor)
     assert not none["meets_slo"] and none["id"] == int(pred["pred_tpot_ms"].idxmin())
     with pytest.raises(InvalidInput, match="id"):

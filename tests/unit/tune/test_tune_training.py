@@ -67,19 +67,26 @@ def test_cross_validation_reports_every_scheme_and_metric():
     for scheme in SCHEMES:
         for target in ("ttft", "tpot"):
             m = report.results[scheme][target]
-            assert set(m) == {"mape", "median_ape", "signed_mean_error", "n"}
+            assert set(m) == {"mape", "median_ape", "p90_ape", "signed_mean_error",
+                              "p90_coverage", "n"}
             assert m["n"] == 240 and 0 <= m["median_ape"] <= m["mape"] < 50
+            assert m["median_ape"] <= m["p90_ape"]
+            assert 70 <= m["p90_coverage"] <= 100  # a 90% bound covers about 90% held out
     assert set(report.groups["leave_one_gpu_out"]) == {"h100_sxm", "h200_sxm", "b200_sxm"}
     assert len(report.table_rows()) == 6
+    for scheme in SCHEMES:
+        picking = report.picking[scheme]
+        assert picking["groups"] > 0
+        assert picking["met_slo_pct"] >= 80  # 5% noise: the picks hold by the "measured" truth
 
 
 def test_usable_rows_skips_unknown_models_and_systems():
     data = synthetic(30)
-    data.loc[0, "system"] = "cpu"
+    data.loc[0, "system"] = "tpu_v5"
     data.loc[1, "model_path"] = "foundry-tiny"
     kept, skipped = usable_rows(data)
     assert len(kept) == 28 and len(skipped) == 2
-    assert any("system='cpu'" in line for line in skipped)
+    assert any("system='tpu_v5'" in line for line in skipped)
 
 
 def test_load_measured_reads_every_measured_csv_and_skips_others(tmp_path: Path):

@@ -1,0 +1,136 @@
+"""Predictions of the optimizer over the control API, with the predictor version that is active.
+
+    POST /api/predict   {"rows": [{"model_path": "Qwen/Qwen3-32B", "system": "h100_sxm",
+                          "isl": 1024, "osl": 256, "batch_size": 8, "tp_size": 2}], "risk": 0.1}
+    -> {"object": "list", "version": "v0003",
+        "data": [{...the row..., "pred_ttft_ms": 131.2, "pred_tpot_ms": 19.8, "pred_e2e_ms": ...,
+                  "pred_output_tps_per_gpu": ..., "pred_ttft_ms_p90": ..., "pred_tpot_ms_p90": ...,
+                  "pred_case": "seen", "row": 0}],
+        "invalid": [{"row": 3, "message": "unknown GPU system 'x'; known: ..."}]}
+    GET /api/predict/status -> the active version, its training data and its recorded CV
+
+Rows use the measured-data columns (``foundry predict``'s CSV); an invalid row is listed in
+``invalid`` with its position and skipped, as ``foundry predict`` does. The predictor is the
+active version under ``$FOUNDRY_HOME/tune`` (``foundry tune train`` / ``activate``), else the
+shipped one; it is reloaded when the active version changes. Predicting runs in a thread.
+The app includes :data:`router` behind its authentication (see :func:`control.app.create_app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from control.errors import ControlError, InvalidRequest
+from control.schemas import ErrorResponse
+
+MAX_ROWS = 10_000
+
+
+class PredictorUnavailable(ControlError):
+    status = 503
+    type = "server_error"
+    code = "predictor_unavailable"
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_ROWS,
+                                                description="measured-data columns per row")]
+    risk: float = Field(default=0.1, gt=0, lt=1, description="accepted chance of missing an SLO")
+
+
+class _Cache:
+    """The loaded predictor of the active version (loading takes ~100 ms: once per version)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._predictor: Any = None
+
+    def get(self) -> Any:
+        from tune.errors import TuneError
+        from tune.predict.predictor import ArtifactStore, Predictor
+
+        key = ArtifactStore.default().active() or "shipped"
+        with self._lock:
+            if self._key != key:
+                try:
+                    self._predictor = Predictor.load()
+                except TuneError as exc:
+                    raise PredictorUnavailable(str(exc)) from None
+                self._key = key
+            return self._predictor
+
+
+_cache = _Cache()
+
+router = APIRouter(
+    tags=["predict"],
+    responses={
+        400: {"model": ErrorResponse, "description": "Invalid request; `param` names the field"},
+        503: {"model": ErrorResponse, "description": "No usable predictor artifacts"},
+    },
+)
+
+
+def _clean(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _predict(body: PredictRequest) -> dict[str, Any]:
+    import pandas as pd
+
+    from tune.errors import TuneError
+
+    predictor = _cache.get()
+    frame = pd.DataFrame(body.rows)
+    try:
+        result, invalid = predictor.predict_valid(frame, risk=body.risk)
+    except TuneError as exc:  # a missing column: no row can be read
+        raise InvalidRequest(str(exc), param="rows") from None
+    positions = sorted(set(range(len(frame))) - set(invalid))
+    data = [
+        {key: _clean(value) for key, value in row.items()} | {"row": position}
+        for position, row in zip(positions, result.to_dict(orient="records"), strict=True)
+    ]
+    return {
+        "object": "list",
+        "version": predictor.metadata.get("version", "shipped"),
+        "data": data,
+        "invalid": [{"row": p, "message": invalid[p]} for p in sorted(invalid)],
+    }
+
+
+@router.post("/predict")
+async def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
+    """TTFT, TPOT (point and p90), E2E and throughput per GPU for each row."""
+    return await asyncio.to_thread(_predict, body)
+
+
+@router.get("/predict/status")
+async def predict_status(request: Request) -> dict[str, Any]:
+    """Which predictor version predicts, on what data, with which recorded accuracy."""
+    predictor = await asyncio.to_thread(_cache.get)
+    meta = predictor.metadata
+    cv = meta.get("cross_validation") or {}
+    return {
+        "version": meta.get("version", "shipped"),
+        "created_utc": meta.get("created_utc"),
+        "training_rows": meta.get("training_rows"),
+        "training_sources": meta.get("training_sources"),
+        "systems": meta.get("systems"),
+        "architectures": meta.get("architectures"),
+        "cross_validation": cv.get("results"),
+        "picking": cv.get("picking"),
+    }
