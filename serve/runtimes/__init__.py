@@ -1,7 +1,8 @@
-"""Model runtimes: the engine interface, the CPU engines, and their Ray Serve deployments.
+"""Model runtimes: the engine interface, the engines (ours on CPU, vLLM), their Ray Serve deployments.
 
-``serve.runtimes.cpu`` and ``serve.runtimes.embeddings`` import torch and transformers; they
-are imported where an engine is built (in runtime replicas), not here.
+``serve.runtimes.cpu``, ``serve.runtimes.embeddings`` and ``serve.runtimes.vllm`` import torch,
+transformers or vLLM; they are imported where an engine is built (in runtime replicas), not here.
+``serve.runtimes.placement`` decides a vLLM replica's placement group.
 """
 
 from serve.runtimes.engine import (

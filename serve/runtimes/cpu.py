@@ -38,17 +38,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from serve.runtimes._detok import TextStream
+from serve.runtimes._prompt import check_params, encode, length_error, render_chat
 from serve.runtimes._sampling import make_generator, sample
 from serve.runtimes.engine import (
     ChatMessage,
     EngineError,
     EngineOverloaded,
-    InvalidRequest,
     SamplingParams,
     TokenDelta,
 )
@@ -183,14 +182,11 @@ class CPUEngine:
         self._thread.start()
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> str:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        if not self._tokenizer.chat_template:
-            return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
-        try:
-            return self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        except TemplateError as exc:
-            message = f"messages cannot be formatted for {self.model_name}: {exc}"
-            raise InvalidRequest(message, param="messages") from exc
+        return render_chat(self._tokenizer, messages, self.model_name)
+
+    def unfinished_requests(self) -> int:
+        with self._cond:
+            return self._in_flight
 
     async def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[TokenDelta]:
         _validate(params)
@@ -283,23 +279,8 @@ class CPUEngine:
         return f"generation failed in {self.model_name}; the runtime log has the details"
 
     def _tokenize(self, seq: _Sequence) -> bool:
-        bos = self._tokenizer.bos_token
-        # A rendered chat template usually starts with BOS already; do not add a second one.
-        add_special = not (bos and seq.prompt.startswith(bos))
-        seq.prompt_ids = self._tokenizer.encode(seq.prompt, add_special_tokens=add_special)
-        n, limit = len(seq.prompt_ids), self.max_model_len
-        error = None
-        if n == 0:
-            error = InvalidRequest("the prompt is empty", param="messages")
-        elif n >= limit:
-            message = f"the prompt has {n} tokens; {self.model_name} accepts at most {limit}"
-            error = InvalidRequest(message, param="messages")
-        elif n + seq.params.max_tokens > limit:
-            error = InvalidRequest(
-                f"prompt ({n} tokens) + max_tokens ({seq.params.max_tokens}) exceeds the model's context length"
-                f" of {limit} tokens; lower max_tokens to at most {limit - n}",
-                param="max_tokens",
-            )
+        seq.prompt_ids = encode(self._tokenizer, seq.prompt)
+        error = length_error(len(seq.prompt_ids), seq.params.max_tokens, self.max_model_len, self.model_name)
         if error is not None:
             _post([(seq, error)])
         return error is None
@@ -375,12 +356,7 @@ def _fail(seqs: list[_Sequence], message: str) -> None:
 
 
 def _validate(params: SamplingParams) -> None:
-    if params.max_tokens < 1:
-        raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-    if params.temperature < 0:
-        raise InvalidRequest("temperature must be >= 0", param="temperature")
-    if not 0 < params.top_p <= 1:
-        raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+    check_params(params.max_tokens, params.temperature, params.top_p)
 
 
 def _context_length(config: Any) -> int | None:

@@ -1,4 +1,4 @@
-"""The engine interface every model runtime implements (CPU engine now, vLLM later).
+"""The engine interface every model runtime implements (our CPU engine, vLLM).
 
 A text engine turns a prompt into an async stream of :class:`TokenDelta`; an embedding engine
 turns a batch of texts into vectors. Engines know nothing about HTTP or OpenAI: the gateway
@@ -96,7 +96,8 @@ class EngineOverloaded(EngineError):
 
 @runtime_checkable
 class TextEngine(Protocol):
-    """A generative engine. Implementations: ``serve.runtimes.cpu.CPUEngine`` (vLLM later)."""
+    """A generative engine. Implementations: ``serve.runtimes.cpu.CPUEngine``,
+    ``serve.runtimes.vllm.VLLMEngine``."""
 
     model_name: str
     max_model_len: int
@@ -108,6 +109,10 @@ class TextEngine(Protocol):
     def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[TokenDelta]:
         """Stream deltas for ``prompt``. Closing the iterator early cancels the request and frees
         its batch slot."""
+        ...
+
+    def unfinished_requests(self) -> int:
+        """Requests accepted and not yet finished or cancelled."""
         ...
 
     async def close(self) -> None: ...

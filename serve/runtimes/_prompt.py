@@ -1,0 +1,59 @@
+"""Prompts, the same for every text engine: chat messages through the tokenizer's chat template,
+prompt text to token ids, and the context-length check with the numbers in its message.
+
+Both engines use these, so a chat request renders to the same prompt and a too-long prompt
+fails with the same 400 whichever engine serves the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import TemplateError
+
+from serve.runtimes.engine import ChatMessage, InvalidRequest
+
+
+def render_chat(tokenizer: Any, messages: tuple[ChatMessage, ...], model_name: str) -> str:
+    """The tokenizer's chat template with the generation prompt; ``role: content`` lines when the
+    model has no template."""
+    if not tokenizer.chat_template:
+        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+    conversation = [{"role": m.role, "content": m.content} for m in messages]
+    try:
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:
+        raise InvalidRequest(f"messages cannot be formatted for {model_name}: {exc}", param="messages") from exc
+
+
+def encode(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of ``prompt``; BOS is added unless the prompt (a rendered chat template,
+    usually) already starts with it."""
+    bos = tokenizer.bos_token
+    return tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
+
+
+def length_error(prompt_tokens: int, max_tokens: int, limit: int, model_name: str) -> InvalidRequest | None:
+    """Why a prompt of ``prompt_tokens`` plus ``max_tokens`` does not fit a ``limit``-token context."""
+    if prompt_tokens == 0:
+        return InvalidRequest("the prompt is empty", param="messages")
+    if prompt_tokens >= limit:
+        return InvalidRequest(
+            f"the prompt has {prompt_tokens} tokens; {model_name} accepts at most {limit}", param="messages"
+        )
+    if prompt_tokens + max_tokens > limit:
+        return InvalidRequest(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the model's context length"
+            f" of {limit} tokens; lower max_tokens to at most {limit - prompt_tokens}",
+            param="max_tokens",
+        )
+    return None
+
+
+def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
+    if max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+    if temperature < 0:
+        raise InvalidRequest("temperature must be >= 0", param="temperature")
+    if not 0 < top_p <= 1:
+        raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
