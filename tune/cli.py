@@ -512,6 +512,11 @@ def _print_cv(report: Any, title: str = "Cross-validation") -> None:
         for row in report.picking_rows():
             picks.add_row(*row)
         out.print(picks)
+    for level, by_scheme in report.picking_by_risk.items():
+        for scheme, p in by_scheme.items():
+            out.print(f"  risk {level}: {scheme}: met SLO {p['met_slo_pct']:.1f}%, "
+                      f"{p['wrong_picks']} wrong, {p['fallback_picks']} fallbacks, "
+                      f"median regret {p['median_regret_pct']:.1f}%", highlight=False)
 
 
 def _print_recorded_cv(metadata: dict[str, Any], title: str) -> None:
@@ -594,6 +599,9 @@ def cv_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     risk: Annotated[float, typer.Option("--risk", help="risk of the picking evaluation's SLO check")] = 0.1,
+    also_risk: Annotated[
+        list[float] | None, typer.Option("--also-risk", help="also evaluate picking at this risk (repeatable)")
+    ] = None,
     scheme: Annotated[
         list[str] | None, typer.Option("--scheme", help="random, leave_one_model_out, leave_one_gpu_out (default: all)")
     ] = None,
@@ -611,7 +619,10 @@ def cv_command(
         unknown = [s for s in schemes if s not in SCHEMES]
         if unknown:
             raise InvalidInput(f"unknown --scheme {unknown[0]!r}; known: {', '.join(SCHEMES)}")
-        report = cross_validate(_load_data(data), seed=seed, risk=risk, schemes=schemes)
+        for level in also_risk or []:
+            check_risk(level)
+        report = cross_validate(_load_data(data), seed=seed, risk=risk, schemes=schemes,
+                                picking_risks=tuple(also_risk or ()))
         if as_json:
             _json(report.to_json())
         else:

@@ -209,10 +209,12 @@ class CVReport:
     shifts: dict[str, dict[str, float]] = field(default_factory=dict)
     picking: dict[str, dict[str, float]] = field(default_factory=dict)
     risk: float = DEFAULT_RISK
+    picking_by_risk: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "results": self.results, "groups": self.groups,
-                "picking": self.picking, "risk": self.risk}
+                "picking": self.picking, "risk": self.risk,
+                "picking_by_risk": self.picking_by_risk}
 
     def table_rows(self) -> list[list[str]]:
         """Scheme, target, MAPE, median APE, p90 APE, signed mean error, p90 coverage."""
@@ -336,8 +338,11 @@ def cross_validate(
     seed: int = 0,
     n_jobs: int = 1,
     risk: float = DEFAULT_RISK,
+    picking_risks: tuple[float, ...] = (),
 ) -> CVReport:
     """Out-of-fold accuracy of :func:`train`'s recipe under each scheme.
+
+    ``picking_risks`` adds the picking evaluation at other risks (``picking_by_risk``).
 
     The point prediction and the bound of a held-out group are corrected with the *other*
     groups' held-out rows (:func:`point_shift` and the ``1 - risk`` quantile of
@@ -353,6 +358,7 @@ def cross_validate(
     groups_out: dict[str, dict[str, dict[str, float]]] = {}
     intervals: dict[str, dict[str, list[float]]] = {}
     shifts: dict[str, dict[str, float]] = {}
+    picking_by_risk: dict[str, dict[str, dict[str, float]]] = {}
     picking: dict[str, dict[str, float]] = {}
     for scheme in schemes:
         splits, labels, grouped = _splits(scheme, frame, folds, seed)
@@ -366,7 +372,7 @@ def cross_validate(
                 log_pred[t][test_idx] = out[t]
         point = {t: np.full(n, np.nan) for t in TARGETS}
         p90 = {t: np.full(n, np.nan) for t in TARGETS}
-        bound = {t: np.full(n, np.nan) for t in TARGETS}
+        bounds = {r: {t: np.full(n, np.nan) for t in TARGETS} for r in (risk, *picking_risks)}
         intervals[scheme], shifts[scheme] = {}, {}
         margin = 0.0 if scheme == "random" else UNSEEN_SAFETY_MARGIN
         for t in TARGETS:
@@ -377,13 +383,18 @@ def cross_validate(
                 others = np.ones(n, dtype=bool)
                 others[test_idx] = False
                 shift = point_shift(residual[others], margin)
-                q90, qr = np.quantile(residual[others], [0.9, 1.0 - risk])
+                q90 = np.quantile(residual[others], 0.9)
                 point[t][test_idx] = np.exp(log_pred[t][test_idx] + shift)
                 p90[t][test_idx] = np.exp(log_pred[t][test_idx] + max(q90, shift))
-                bound[t][test_idx] = np.exp(log_pred[t][test_idx] + (
-                    shift if risk == 0.5 else max(qr, shift) if risk < 0.5 else qr))
+                for r, bound in bounds.items():
+                    qr = np.quantile(residual[others], 1.0 - r)
+                    bound[t][test_idx] = np.exp(log_pred[t][test_idx] + (
+                        shift if r == 0.5 else max(qr, shift) if r < 0.5 else qr))
         results[scheme] = {t: _metrics(point[t], measured[t], p90[t]) for t in TARGETS}
-        picking[scheme] = picking_evaluation(features.frame, point, bound)
+        picking[scheme] = picking_evaluation(features.frame, point, bounds[risk])
+        for r in picking_risks:
+            picking_by_risk.setdefault(f"{r:g}", {})[scheme] = picking_evaluation(
+                features.frame, point, bounds[r])
         if grouped:
             groups_out[scheme] = {}
             for g in np.unique(labels):
@@ -394,7 +405,7 @@ def cross_validate(
                 } | {f"{t}_signed": round(float(100 * np.mean(point[t][rows] / measured[t][rows] - 1)), 1)
                      for t in TARGETS} | {"n": int(rows.sum())}
     return CVReport(results=results, rows=n, groups=groups_out, intervals=intervals,
-                    shifts=shifts, picking=picking, risk=risk)
+                    shifts=shifts, picking=picking, risk=risk, picking_by_risk=picking_by_risk)
 
 
 def point_shift(residual: np.ndarray, margin: float) -> float:
