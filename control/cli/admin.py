@@ -551,7 +551,7 @@ def sparkline(values: list[float]) -> str:
     """One block character per value, scaled from 0 to the largest.
 
     >>> sparkline([0, 1, 2, 4, 8])
-    '▁▂▃▄█'
+    '▁▂▃▅█'
     """
     top = max(values, default=0)
     if top <= 0:
