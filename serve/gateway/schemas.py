@@ -12,12 +12,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.gateway.errors import InvalidRequest
 
 MAX_MESSAGES = 2048
 MAX_EMBEDDING_INPUTS = 2048
+MAX_TOKENS = 2**31 - 1  # integer parameters are bounded, as JSON numbers in other servers are
+INT64 = 2**63
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -50,11 +52,11 @@ Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
 class _Sampling(_Lenient):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Stop = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -72,7 +74,7 @@ class _Sampling(_Lenient):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
     @property
     def token_limit(self) -> int | None:
@@ -92,19 +94,14 @@ class CompletionRequest(_Sampling):
         return self.max_tokens or 16  # the OpenAI completions default
 
 
+Text = Annotated[str, Field(min_length=1)]
+
+
 class EmbeddingRequest(_Lenient):
     model: str = Field(min_length=1)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, v: Any) -> Any:
-        items = [v] if isinstance(v, str) else v
-        if any(not s for s in items):
-            raise ValueError("input must not contain empty strings")
-        return v
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
 
     @property
     def texts(self) -> list[str]:
@@ -142,12 +139,17 @@ def _describe(exc: ValidationError, data: dict) -> tuple[str, str | None]:
         return f"Missing required parameter: '{where}'.", param
     if kind == "too_long":
         return f"'{where}' has {ctx.get('actual_length')} items; at most {ctx.get('max_length')} are allowed.", param
-    if kind == "too_short" and ctx.get("min_length") == 1:
+    if kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
         return f"'{where}' must not be empty.", param
     return f"Invalid value for '{where}': {err['msg'].removeprefix('Value error, ')}.", param
 
 
 _SHAPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
+
+
+def _shape(part: str) -> str:
+    """``list[constrained-str]`` -> ``list``; ``constrained-str`` -> ``str``."""
+    return part.split("[", 1)[0].removeprefix("constrained-")
 
 
 def _located(err: dict, data: Any) -> tuple[list, dict, bool]:
@@ -161,8 +163,8 @@ def _located(err: dict, data: Any) -> tuple[list, dict, bool]:
         elif isinstance(value, list) and isinstance(part, int):
             path.append(part)
             value = value[part] if part < len(value) else None
-        elif isinstance(part, str) and ("[" in part or part in _SHAPES or part[:1].isupper()):
-            shape = _SHAPES.get(part.split("[", 1)[0], dict)  # a model's name: a JSON object
+        elif isinstance(part, str) and ((kind := _shape(part)) in _SHAPES or part[:1].isupper()):
+            shape = _SHAPES.get(kind, dict)  # a model's name: a JSON object
             matches = matches and isinstance(value, shape) and not (shape is int and isinstance(value, bool))
         else:
             path.append(part)  # a missing key, or a field of an object not sent

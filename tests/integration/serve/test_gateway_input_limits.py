@@ -68,3 +68,18 @@ def test_an_unknown_key_is_refused_before_the_body_size(gateway):
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         reply = http.post("/chat/completions", content=big, headers={"authorization": "Bearer sk-nope"})
     assert reply.status_code == 401  # who you are is checked before how much you sent
+
+
+def test_dimensions_shortens_embeddings_as_openai_does(gateway):
+    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=30) as http:
+        full = http.post("/embeddings", json={"model": "m", "input": ["a cat"]}).json()["data"][0]["embedding"]
+        short = http.post("/embeddings", json={"model": "m", "input": ["a cat"], "dimensions": 3}).json()
+        too_many = http.post("/embeddings", json={"model": "m", "input": ["a cat"], "dimensions": len(full) + 1})
+    vector = short["data"][0]["embedding"]
+    assert len(vector) == 3
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-6  # unit length again
+    scale = vector[0] / full[0]
+    assert all(abs(v - f * scale) < 1e-6 for v, f in zip(vector, full[:3]))  # the same direction
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["param"] == "dimensions"
+    assert f"at most {len(full)}" in too_many.json()["error"]["message"]
