@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from ray import serve
@@ -59,7 +60,7 @@ def create_app(
         limiter = build_limiter(limits)
         await limiter.start()
         service = GatewayService(
-            router=Router(routes), keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry()
+            router=Router(routes), keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry(cluster=ray.is_initialized())
         )
         app.state.gateway = service
         try:

@@ -312,6 +312,8 @@ class GatewayService:
             overhead_s=track.overhead_ms() / 1000,
             prompt_tokens=rec.prompt_tokens,
             completion_tokens=rec.completion_tokens,
+            project=rec.project_id or "",
+            cost_usd=rec.cost_usd,
         )
 
 

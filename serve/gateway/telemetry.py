@@ -1,7 +1,23 @@
-"""Prometheus metrics of one gateway replica, served at ``/v1/metrics``.
+"""Metrics of the gateway: per replica at ``/v1/metrics``, and for the whole gateway in Ray.
 
-Each replica has its own registry; with several replicas, scrape each replica (or Ray's
-metrics endpoint, where Serve's own per-deployment metrics are aggregated).
+Every request is observed once, into two sinks with the same names and labels:
+
+- a Prometheus registry of this replica, rendered at ``/v1/metrics`` (one replica's view);
+- Ray's metrics (``ray.util.metrics``), when the gateway runs in a Ray Serve replica: Ray's
+  metrics agent exports them from every replica of every node on the node's metrics port, where
+  Prometheus (and the Ray dashboard's Grafana) sums them into "the gateway". Ray prefixes the
+  names with ``ray_``: ``ray_foundry_gateway_requests_total`` and so on.
+
+Names and labels::
+
+    foundry_gateway_requests                 counter    model, provider, project, status
+    foundry_gateway_latency_seconds          histogram  model
+    foundry_gateway_ttft_seconds             histogram  model
+    foundry_gateway_overhead_seconds         histogram  model
+    foundry_gateway_tokens                   counter    model, kind (prompt | completion), project
+    foundry_gateway_cost_usd                 counter    model, project
+
+``cluster_configs/grafana/`` has dashboards over the Ray names.
 """
 
 from __future__ import annotations
@@ -12,35 +28,32 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
+_REQUESTS = ("foundry_gateway_requests", "Requests by model, provider, project and status")
+_LATENCY = ("foundry_gateway_latency_seconds", "Whole-request latency")
+_TTFT = ("foundry_gateway_ttft_seconds", "Time to first token")
+_OVERHEAD = ("foundry_gateway_overhead_seconds", "Time spent in the gateway itself (latency minus time waiting on providers)")
+_TOKENS = ("foundry_gateway_tokens", "Tokens by model, kind (prompt, completion) and project")
+_COST = ("foundry_gateway_cost_usd", "Cost in USD by model and project, from the configured pricing")
+
 
 class Telemetry:
+    """``cluster=True`` (in a Ray worker): also record into Ray's metrics."""
+
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, *, cluster: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "foundry_gateway_requests", "Requests by model, provider and status", ["model", "provider", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "foundry_gateway_latency_seconds", "Whole-request latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.ttft = Histogram(
-            "foundry_gateway_ttft_seconds", "Time to first token", ["model"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.overhead = Histogram(
-            "foundry_gateway_overhead_seconds",
-            "Time spent in the gateway itself (latency minus time waiting on providers)",
-            ["model"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "foundry_gateway_tokens", "Tokens by model and kind (prompt, completion)", ["model", "kind"], registry=r
-        )
+        self.requests = Counter(*_REQUESTS, ["model", "provider", "project", "status"], registry=r)
+        self.latency = Histogram(*_LATENCY, ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(*_TTFT, ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram(*_OVERHEAD, ["model"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter(*_TOKENS, ["model", "kind", "project"], registry=r)
+        self.cost = Counter(*_COST, ["model", "project"], registry=r)
         self.attempts = Counter(
             "foundry_gateway_provider_attempts", "Attempts sent to providers", ["provider"], registry=r
         )
+        self._ray = _RayMetrics() if cluster else None
 
     def observe(
         self,
@@ -53,16 +66,53 @@ class Telemetry:
         overhead_s: float,
         prompt_tokens: int,
         completion_tokens: int,
+        project: str = "",
+        cost_usd: float = 0.0,
     ) -> None:
-        self.requests.labels(model, provider, str(status)).inc()
+        project = project or "none"
+        overhead_s = max(0.0, overhead_s)
+        self.requests.labels(model, provider, project, str(status)).inc()
         self.latency.labels(model).observe(latency_s)
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)
-        self.overhead.labels(model).observe(max(0.0, overhead_s))
+        self.overhead.labels(model).observe(overhead_s)
         if prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(prompt_tokens)
+            self.tokens.labels(model, "prompt", project).inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(model, "completion").inc(completion_tokens)
+            self.tokens.labels(model, "completion", project).inc(completion_tokens)
+        if cost_usd:
+            self.cost.labels(model, project).inc(cost_usd)
+        if self._ray is not None:
+            self._ray.observe(model, provider, project, str(status), latency_s, ttft_s, overhead_s,
+                              prompt_tokens, completion_tokens, cost_usd)  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RayMetrics:
+    """The same observations in Ray's metrics, aggregated across replicas by Prometheus."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self.requests = metrics.Counter(*_REQUESTS, tag_keys=("model", "provider", "project", "status"))
+        self.latency = metrics.Histogram(*_LATENCY, boundaries=list(_LATENCY_BUCKETS), tag_keys=("model",))
+        self.ttft = metrics.Histogram(*_TTFT, boundaries=list(_LATENCY_BUCKETS), tag_keys=("model",))
+        self.overhead = metrics.Histogram(*_OVERHEAD, boundaries=list(_OVERHEAD_BUCKETS), tag_keys=("model",))
+        self.tokens = metrics.Counter(*_TOKENS, tag_keys=("model", "kind", "project"))
+        self.cost = metrics.Counter(*_COST, tag_keys=("model", "project"))
+
+    def observe(self, model, provider, project, status, latency_s, ttft_s, overhead_s, prompt, completion, cost):
+        by_model = {"model": model}
+        self.requests.inc(1, {"model": model, "provider": provider, "project": project, "status": status})
+        self.latency.observe(latency_s, by_model)
+        if ttft_s is not None:
+            self.ttft.observe(ttft_s, by_model)
+        self.overhead.observe(overhead_s, by_model)
+        if prompt:
+            self.tokens.inc(prompt, {"model": model, "kind": "prompt", "project": project})
+        if completion:
+            self.tokens.inc(completion, {"model": model, "kind": "completion", "project": project})
+        if cost:
+            self.cost.inc(cost, {"model": model, "project": project})
