@@ -6,13 +6,22 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from control.app import create_app
+from control.config import AuthConfig
+from pipelines.actor import PipelinesClient
 from serve.metrics.actor import MetricsClient
 
 
-def build_control(*, database_url: str, metrics: MetricsClient, num_cpus: float) -> Application:
+def build_control(
+    *,
+    database_url: str,
+    metrics: MetricsClient,
+    num_cpus: float,
+    auth: AuthConfig | None = None,
+    pipelines: PipelinesClient | None = None,
+) -> Application:
     # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
     def app():
-        return create_app(database_url=database_url, usage=metrics)
+        return create_app(database_url=database_url, usage=metrics, auth=auth, pipelines=pipelines)
 
     @serve.deployment(
         name="ControlAPI",

@@ -12,13 +12,18 @@ Serve applications::
     gateway          /v1    serve.gateway       (OpenAI API)
     control          /api   control.app         (projects, keys, usage; docs at /api/docs)
     runtime-<name>   -      serve.runtimes      (one per [runtimes] table, reached by handle)
+
+Actors: ``foundry-metrics`` (the metrics store) and ``foundry-pipelines`` (the pipeline
+executor, DBOS in ``$FOUNDRY_HOME/pipelines.db`` or ``[pipelines] database_url``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +35,8 @@ from control.db import migrate
 from control.deployment import build_control
 from control.keys import DatabaseKeySource, bootstrap_admin
 from control.leftovers import claim, release
+from pipelines.actor import ACTOR_NAME as PIPELINES_ACTOR
+from pipelines.actor import PipelineExecutor, PipelinesClient
 from serve.gateway.app import build_gateway
 from serve.metrics.actor import ACTOR_NAME, MetricsActor, MetricsClient
 from serve.providers.local import runtime_app_name
@@ -65,6 +72,7 @@ class Stack:
         self._started_ray = False
         self._claimed = False
         self._metrics_actor = None
+        self._pipelines_actor = None
 
     @property
     def database_url(self) -> str:
@@ -85,6 +93,7 @@ class Stack:
 
         ctx = self._start_ray()
         metrics = self._start_metrics()
+        pipelines = self._start_pipelines()
         serve.start(http_options={"host": self.config.server.host, "port": self.port})
 
         runtime_deployments = {name: deployment_name(rt) for name, rt in self.config.runtimes.items()}
@@ -142,6 +151,13 @@ class Stack:
         try:
             serve.shutdown()
         finally:
+            if self._pipelines_actor is not None:
+                try:  # running steps stop here; their runs resume at the next start
+                    ray.get(self._pipelines_actor.stop.remote(), timeout=60)
+                    if not self._started_ray:
+                        ray.kill(self._pipelines_actor)  # detached in a joined cluster
+                except Exception as exc:
+                    log.error("stopping the pipeline executor failed: %s", exc)
             if self._metrics_actor is not None:
                 try:
                     ray.get(self._metrics_actor.close.remote(), timeout=60)
@@ -183,6 +199,23 @@ class Stack:
         ray.get(self._metrics_actor.ready.remote(), timeout=READY_TIMEOUT_S)
         return MetricsClient(self._metrics_actor)
 
+    @property
+    def pipelines_database_url(self) -> str:
+        return self.config.pipelines.database_url or f"sqlite:///{self.home / 'pipelines.db'}"
+
+    def _start_pipelines(self) -> PipelinesClient:
+        """The pipeline executor: one Ray actor owning DBOS. Its executor id stays the same across
+        restarts of this home, so a new stack resumes the runs a killed one left unfinished."""
+        executor_id = self.config.pipelines.executor_id or pipelines_executor_id(self.home)
+        options: dict = {"name": PIPELINES_ACTOR, "namespace": NAMESPACE}
+        if not self._started_ray:  # a joined cluster: the executor outlives this driver if it dies
+            options.update(lifetime="detached", get_if_exists=True)
+        self._pipelines_actor = PipelineExecutor.options(**options).remote(
+            self.pipelines_database_url, executor_id, ["control.pipeline_actions"]
+        )
+        ray.get(self._pipelines_actor.ready.remote(), timeout=READY_TIMEOUT_S)
+        return PipelinesClient(self._pipelines_actor)
+
     def _serves(self, model: str) -> str:
         tasks = set()
         for pname, p in self.config.models[model].providers.items():
@@ -190,3 +223,9 @@ class Stack:
                 rt = self.config.runtimes[p.runtime or model]
                 tasks.add("embeddings" if rt.task == "embed" else "chat, completions")
         return ", ".join(sorted(tasks)) or "chat, completions"
+
+
+def pipelines_executor_id(home: Path) -> str:
+    """``foundry-<host>-<hash of home>``: unique per stack on a shared database, stable across restarts."""
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
+    return f"foundry-{socket.gethostname()}-{digest}"

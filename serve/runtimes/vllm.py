@@ -25,6 +25,7 @@ lives in importable modules, never in ``__main__``. Errors::
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -101,6 +102,8 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # vLLM reports usage statistics to its authors unless told not to; a serving stack must not phone home.
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         self.model_name = model_name
         self.metrics = VLLMMetrics(model_name)
         kwargs = engine_args(config, model_dir, model_name=model_name, device=device)

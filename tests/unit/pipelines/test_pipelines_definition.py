@@ -157,3 +157,15 @@ def test_templates_keep_types_and_are_sandboxed():
         render("{{ params.__class__.__mro__ }}", context)
     with pytest.raises(TemplateError):
         render("{{ ''.__class__.__subclasses__() }}", context)
+
+
+def test_the_readme_example_loads_as_written():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    block = re.search(r"```yaml\n# release.yaml\n(.*?)```", readme, re.DOTALL)
+    assert block, "README lost its pipeline example"
+    definition = load_text(block.group(1))
+    assert [s.id for s in definition.topological_order()][-1] == "done"
+    assert resolve_params(definition, {"replicas": "3"}) == {"model": "foundry-tiny", "replicas": 3}
