@@ -136,6 +136,7 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
             await engine.dispose()
 
     app = FastAPI(
+        dependencies=[Depends(_known_query_parameters)],
         title="Foundry control API",
         summary="Projects, API keys and usage of a Foundry stack.",
         version="1",
@@ -171,13 +172,53 @@ def _document_errors(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             for unused in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
             for route in api_routes(app):  # the permission each route checks, for readers and tests
                 if (permission := route_permission(route)) is not None:
                     for method in route.methods:
-                        schema["paths"][route.path_format][method.lower()]["x-permission"] = permission
+                        operation = schema["paths"][route.path_format][method.lower()]
+                        operation["x-permission"] = permission
+                        responses = operation.setdefault("responses", {})
+                        responses.setdefault("400", {"description": "Invalid request", **error})
+                        responses.setdefault("401", {"description": "Missing or invalid credentials", **error})
+                        responses.setdefault("403", {"description": f"Needs {permission}", **error})
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _query_parameter_names(dependant: Any) -> set[str] | None:
+    """The query parameters a route declares, its dependencies' included; None if it takes a
+    model of them (any name may be meant)."""
+    names: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        for field in current.query_params:
+            if isinstance(field.field_info.annotation, type) and issubclass(field.field_info.annotation, BaseModel):
+                return None
+            names.add(field.alias)
+        pending.extend(current.dependencies)
+    return names
+
+
+async def _known_query_parameters(request: Request) -> None:
+    """Unknown query parameters are errors, as unknown body fields are (a typo is not ignored)."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_parameter_names(dependant)
+    if known is None:
+        return
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidRequest(
+                f"unknown query parameter {name[:64]!r}" + (f" (known: {', '.join(sorted(known))})" if known else ""),
+                param=name[:64], code="unknown_field",
+            )
 
 
 # --- database sessions and admin authentication --------------------------------------------

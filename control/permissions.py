@@ -221,8 +221,10 @@ def project_not_found(ref: str) -> Callable[[], Exception]:
 def api_routes(app: Any) -> list[Any]:
     """Every API route of ``app`` (included routers flattened), each with ``path_format``,
     ``methods`` and ``dependant``."""
-    from fastapi.routing import iter_route_contexts
-
+    try:
+        from fastapi.routing import iter_route_contexts  # FastAPI >= 0.140 nests included routers
+    except ImportError:
+        return [r for r in app.routes if getattr(r, "dependant", None) is not None]
     return [c for c in iter_route_contexts(app.routes) if getattr(c, "dependant", None) is not None]
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from serve.metrics.records import UsageReport
 
@@ -68,7 +77,16 @@ class _Response(BaseModel):
 class RateLimits(BaseModel):
     """Limits of a key on one model, on top of the key's own ``rpm``/``tpm``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "give rpm, tpm or both", in the schema too
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["rpm"], "properties": {"rpm": {"type": "integer"}}},
+                {"required": ["tpm"], "properties": {"tpm": {"type": "integer"}}},
+            ]
+        },
+    )
 
     rpm: Limit | None = Field(default=None, description="requests per minute on this model")
     tpm: Limit | None = Field(default=None, description="tokens per minute on this model")
@@ -80,7 +98,18 @@ class RateLimits(BaseModel):
         return self
 
 
-ModelLimits = Annotated[dict[ModelName, RateLimits], Field(max_length=256)]
+# The JSON schema pydantic derives for a dict with constrained keys lets keys that fail the
+# pattern through with any value; say exactly what is accepted.
+ModelLimits = Annotated[
+    dict[ModelName, RateLimits],
+    Field(max_length=256),
+    WithJsonSchema({
+        "type": "object",
+        "maxProperties": 256,
+        "propertyNames": {"minLength": 1, "maxLength": 200, "pattern": _PRINTABLE},
+        "additionalProperties": {"$ref": "#/components/schemas/RateLimits"},
+    }),
+]
 
 
 class _Budget(BaseModel):

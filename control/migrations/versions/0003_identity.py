@@ -85,9 +85,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_api_keys_owner_id", table_name="api_keys")
-    with op.batch_alter_table("api_keys") as batch:
-        batch.drop_constraint("fk_api_keys_owner_id_users", type_="foreignkey")
-        batch.drop_column("owner_id")
+    if op.get_bind().dialect.name == "sqlite":  # the inline foreign key goes with the column
+        with op.batch_alter_table("api_keys") as batch:
+            batch.drop_column("owner_id")
+    else:
+        op.drop_constraint("fk_api_keys_owner_id_users", "api_keys", type_="foreignkey")
+        op.drop_column("api_keys", "owner_id")
     op.drop_table("audit_head")
     op.drop_index("ix_audit_records_project_id", table_name="audit_records")
     op.drop_index("ix_audit_records_action", table_name="audit_records")

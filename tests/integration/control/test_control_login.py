@@ -29,16 +29,11 @@ from control.db import create_engine
 from control.keys import bootstrap_admin
 
 CLIENT_ID = "foundry-cli"
-# oidc-provider-mock runs on Authlib APIs that Authlib now deprecates (third-party; not ours to fix)
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:authlib.*"),
-    pytest.mark.filterwarnings("ignore:authlib.jose module is deprecated"),
-]
 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[str]:
-    import oidc_provider_mock  # here, so the module's warning filters cover its import
+    import oidc_provider_mock  # test-only; its Authlib deprecation warnings are ignored in pyproject
 
     with oidc_provider_mock.run_server_in_thread() as server:
         yield f"http://localhost:{server.server_port}"
