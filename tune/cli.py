@@ -305,6 +305,11 @@ def _print_result(result: Any) -> None:
     for key, value in best.as_dict().items():
         table.add_row(key, str(value))
     out.print(table)
+    if best.case and best.case != "seen":
+        err.print(f"[yellow]note:[/yellow] the training data had no rows of this "
+                  f"{best.case.removeprefix('unseen_').replace('_', ' and ')}: expect the accuracy "
+                  "of that case (README); the SLOs were judged on the upper bound",
+                  highlight=False, soft_wrap=True)
     spec = deployment_spec(result.space.model, best, isl=result.space.isl, osl=result.space.osl)
     out.print("[bold]vLLM engine args[/bold]", json.dumps(spec["vllm"]))
     out.print("[bold]Ray Serve deployment[/bold]", json.dumps(spec["ray_serve"]))

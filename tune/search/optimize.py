@@ -171,7 +171,7 @@ def choose_candidate(
     predictions and whether it meets the SLOs.
     """
     from tune.predict.features import build_features
-    from tune.predict.predictor import Predictor
+    from tune.predict.predictor import Predictor, derived_metrics
 
     if "id" not in frame.columns:
         raise InvalidInput("the candidates CSV needs an `id` column")
@@ -180,21 +180,17 @@ def choose_candidate(
     predictor = predictor or Predictor.load()
     features = build_features(frame)
     pred = predictor.predict_features(features, risk=risk)
-    predicted = predictor.predict(frame, risk=risk)
-    ttft = predicted["pred_ttft_ms"].to_numpy(dtype=float)
-    tpot = predicted["pred_tpot_ms"].to_numpy(dtype=float)
-    tps = predicted["pred_output_tps_per_gpu"].to_numpy(dtype=float)
+    e2e, tps = derived_metrics(pred["ttft"], pred["tpot"], features.frame)
     violation = slo_violation(pred["ttft_bound"], pred["tpot_bound"], slo_ttft_ms=slo_ttft_ms,
                               slo_tpot_ms=slo_tpot_ms)
     meets = violation <= 0
     position, _ = pick(tps, violation)
-    row = predicted.iloc[position]
-    ident = row["id"]
+    ident = frame["id"].iloc[position]
     return {
         "id": ident.item() if hasattr(ident, "item") else ident,
-        "pred_ttft_ms": float(ttft[position]),
-        "pred_tpot_ms": float(tpot[position]),
-        "pred_e2e_ms": float(row["pred_e2e_ms"]),
+        "pred_ttft_ms": float(pred["ttft"][position]),
+        "pred_tpot_ms": float(pred["tpot"][position]),
+        "pred_e2e_ms": float(e2e[position]),
         "pred_output_tps_per_gpu": float(tps[position]),
         "pred_ttft_ms_bound": float(pred["ttft_bound"][position]),
         "pred_tpot_ms_bound": float(pred["tpot_bound"][position]),

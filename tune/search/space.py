@@ -180,6 +180,7 @@ class Evaluation:
     max_concurrency_per_replica: int
     ttft_bound_ms: float = float("nan")  # the (1 - risk) quantile the SLOs are judged on
     tpot_bound_ms: float = float("nan")
+    case: str = ""  # seen, unseen_model, unseen_gpu, unseen_model_gpu (tune.predict.predictor)
 
     @property
     def meets_slo(self) -> bool:
@@ -194,6 +195,7 @@ class Evaluation:
         "feasible", "reason", "batch_per_replica", "ttft_ms", "tpot_ms", "e2e_ms",
         "output_tps_per_gpu", "output_tps_total", "cost_per_million_tokens_usd", "gpus_used",
         "violation", "max_concurrency_per_replica", "ttft_bound_ms", "tpot_bound_ms",
+        "case",
     )
 
     def to_metrics(self) -> dict[str, object]:
@@ -225,6 +227,7 @@ class Evaluation:
             "pred_e2e_ms": round(self.e2e_ms, 3),
             "pred_ttft_ms_bound": round(self.ttft_bound_ms, 3),
             "pred_tpot_ms_bound": round(self.tpot_bound_ms, 3),
+            "pred_case": self.case,
             "pred_output_tps_per_gpu": round(self.output_tps_per_gpu, 3),
             "pred_output_tps_total": round(self.output_tps_total, 3),
             "cost_per_million_tokens_usd": round(self.cost_per_million_tokens_usd, 4),
@@ -327,6 +330,7 @@ class Evaluator:
                 cost_per_million_tokens_usd=float(cost[i]), gpus_used=int(gpus_used[i]),
                 violation=float(violation[i]), max_concurrency_per_replica=int(capacity[i]),
                 ttft_bound_ms=float(ttft_bound[i]), tpot_bound_ms=float(tpot_bound[i]),
+                case=str(pred["case"][i]),
             ))
         return out
 
