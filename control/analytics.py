@@ -29,7 +29,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from control import projects
-from control.errors import DatabaseUnavailable, InvalidRequest, MetricsUnavailable
+from control.errors import DatabaseUnavailable, InvalidRequest, MetricsUnavailable, NotFound
+from control.permissions import Access, project_not_found
 from control.schemas import ErrorResponse, Ref, UTCDatetime
 from serve.metrics.records import Ranking, TimeSeries
 from serve.metrics.store import MetricsBackendError
@@ -167,13 +168,23 @@ def _check_range(since: datetime, until: datetime) -> None:
 
 
 async def _project_id(request: Request, project: str | None) -> str | None:
+    """The project to report on: ``project`` if the caller may view its usage (another
+    project's is a 404), else all (admins) or the caller's one project (else name it)."""
+    access = Access(request.state.caller, "usage:view")  # set by control.permissions.authorize
     if project is None:
-        return None
+        mine = access.projects()
+        if mine is not None and len(mine) != 1:
+            raise InvalidRequest("name the project: you are a member of several", param="project", code="missing_field")
+        return next(iter(mine)) if mine is not None else None
     try:
         async with request.app.state.sessions() as session:
-            return (await projects.find_project(session, project)).id
+            found = await projects.find_project(session, project)
+    except NotFound:
+        raise project_not_found(project)() from None
     except (OperationalError, InterfaceError, PoolTimeout) as exc:
         raise DatabaseUnavailable("the control database is unavailable; try again shortly") from exc
+    access.check(found.id, project_not_found(project))
+    return found.id
 
 
 async def _answer(query):  # noqa: ANN001, ANN202 - a store coroutine

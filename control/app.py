@@ -151,11 +151,12 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(_routes())
-    # usage over time; admin-only until the identity issue scopes it by project role
-    app.include_router(analytics.router, dependencies=[Depends(_require_admin)])
-    app.include_router(pipelines_api.router(), dependencies=[Depends(_require_admin)])
-    # optimizer predictions with the active predictor version; admin-only for now
-    app.include_router(predict_api.router, dependencies=[Depends(_require_admin)])
+    # usage over time, of the caller's projects (analytics._project_id narrows it)
+    app.include_router(analytics.router, dependencies=[authorize("usage:view")])
+    # pipelines deploy and change the cluster, for every project: admins
+    app.include_router(pipelines_api.router(), dependencies=[authorize("cluster:manage")])
+    # optimizer predictions with the active predictor version: anyone who may view models
+    app.include_router(predict_api.router, dependencies=[authorize("model:view")])
     _document_errors(app)
     return app
 

@@ -24,17 +24,21 @@ from control.config import AuthConfig
 from control.db import create_engine
 from control.keys import DatabaseKeySource, bootstrap_admin
 from control.permissions import AUTHENTICATED, Role, api_routes, permissions_of, route_permission
-from serve.metrics.records import UsageReport
+from serve.metrics.records import Ranking, UsageReport
 from tests.fakes.oidc import FakeIssuer, hs256_with, tampered, unsigned
 
 WAIT_S = 15.0
 
 
 class Usage:
-    """A UsageSource answering with an empty report and storing benchmark rows."""
+    """A UsageSource answering with an empty report and storing benchmark rows; its rankings
+    name the project they were asked for."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+
+    async def top(self, metric: str, by: str, *, since, until, limit, project_id) -> Ranking:
+        return Ranking(metric, by, since, until, "1h", [(str(project_id), 1.0)])
 
     async def usage(self, *, since, until, project_id) -> UsageReport:
         return UsageReport(requests=0, errors=0, prompt_tokens=0, completion_tokens=0, cost_usd=0.0, models=[])
@@ -379,6 +383,12 @@ async def test_projects_are_isolated(team: Team) -> None:
     # the same 404 as for a key that does not exist at all
     unknown = await api.patch("/keys/key_000000000000", json={"rpm": 1}, headers=otto)
     assert error_code(unknown, 404) == "key_not_found"
+
+    # analytics: only the caller's projects; the one it is in when it names none
+    assert (await api.get("/analytics/top", params={"project": "alpha"}, headers=otto)).status_code == 404
+    mine = (await api.get("/analytics/top", params={"by": "project"}, headers=otto)).json()["data"]
+    beta_id = (await api.get("/projects", headers=otto)).json()["data"][0]["id"]
+    assert [row["group"] for row in mine] == [beta_id]
 
     vera = team.headers("viewer")
     assert error_code(await api.post("/keys", json={"project": "alpha"}, headers=vera), 403) == "permission_denied"
