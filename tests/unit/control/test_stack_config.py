@@ -76,3 +76,24 @@ def test_relative_model_paths_resolve_against_the_config_file():
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_auth_table_enables_oidc_sign_in_with_defaults():
+    assert parse("").auth is None  # API keys only, as without [auth]
+    auth = parse('[auth]\noidc_issuer = "https://kc.example.com/realms/ml"\noidc_audience = "foundry"\n').auth
+    assert (auth.roles_claim, auth.admin_roles, auth.email_claim) == ("roles", ["foundry-admin"], "email")
+    assert auth.jwks_refresh_s > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[auth]\noidc_issuer = "https://kc"\noidc_audience = "f"\nroles = "x"\n', "auth.roles: unknown key"),
+        ('[auth]\noidc_audience = "f"\n', "auth.oidc_issuer: Field required"),
+        ('[auth]\noidc_issuer = "kc.example.com"\noidc_audience = "f"\n', "auth.oidc_issuer"),
+        ('[auth]\noidc_issuer = "https://kc"\noidc_audience = "f"\njwks_refresh_s = 0\n', "auth.jwks_refresh_s"),
+    ],
+)
+def test_auth_mistakes_name_the_key(text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse(text)
