@@ -1,4 +1,5 @@
-"""A seeded OIDC issuer over real HTTP: discovery and a JWKS whose keys rotate, plus a signer.
+"""A seeded OIDC issuer over real HTTP: discovery, a JWKS whose keys rotate, the device flow's
+endpoints (RFC 8628, one "authorization_pending" before the grant), plus a signer.
 
 It stands beside the real provider (``oidc-provider-mock``) in the tests: that one runs the
 authorization-code flow and issues real ID tokens; this one lets a test rotate signing keys,
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +36,9 @@ class FakeIssuer:
         self._keys: list[tuple[str, rsa.RSAPrivateKey]] = []
         self.jwks_fetches = 0
         self.url = ""
+        # the device flow (RFC 8628): device_code -> polls left before the user "approves"
+        self.device_polls: dict[str, int] = {}
+        self.device_subject = "dev"
         self.rotate()
 
     @classmethod
@@ -90,6 +95,8 @@ class FakeIssuer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path == "/.well-known/openid-configuration":
                     body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks",
+                            "token_endpoint": f"{issuer.url}/token",
+                            "device_authorization_endpoint": f"{issuer.url}/device",
                             "id_token_signing_alg_values_supported": ["RS256"]}  # fmt: skip
                 elif self.path == "/jwks":
                     issuer.jwks_fetches += 1
@@ -97,8 +104,32 @@ class FakeIssuer:
                 else:
                     self.send_error(404)
                     return
+                self._json(200, body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                form = parse_qs(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+                form = {k: v[0] for k, v in form.items()}
+                if self.path == "/device":
+                    code = f"dc-{len(issuer.device_polls)}"
+                    issuer.device_polls[code] = 1  # one "authorization_pending" first
+                    self._json(200, {"device_code": code, "user_code": "ABCD-EFGH", "interval": 0,
+                                     "verification_uri": f"{issuer.url}/activate", "expires_in": 60})  # fmt: skip
+                elif self.path == "/token" and form.get("grant_type", "").endswith("device_code"):
+                    left = issuer.device_polls.get(form.get("device_code", ""))
+                    if left is None:
+                        self._json(400, {"error": "invalid_grant"})
+                    elif left > 0:
+                        issuer.device_polls[form["device_code"]] = left - 1
+                        self._json(400, {"error": "authorization_pending"})
+                    else:
+                        claims = issuer.claims(sub=issuer.device_subject, aud=form.get("client_id", ""))
+                        self._json(200, {"id_token": issuer.sign(claims), "token_type": "Bearer", "expires_in": 300})
+                else:
+                    self.send_error(404)
+
+            def _json(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()

@@ -160,3 +160,19 @@ async def test_a_refused_sign_in_is_reported(provider: str, home: Path) -> None:
     with pytest.raises(oidc_login.LoginError, match="refused"):
         await asyncio.to_thread(oidc_login.login, provider, CLIENT_ID, open_browser=deny, announce=lambda _: None)
     assert oidc_login.current_token() is None
+
+
+async def test_device_flow_when_the_issuer_offers_it(home: Path) -> None:
+    from tests.fakes.oidc import FakeIssuer
+
+    shown: list[str] = []
+    with FakeIssuer.running(seed=3) as issuer:
+        issuer.device_subject = "dana"
+        record = await asyncio.to_thread(oidc_login.login, issuer.url, "foundry", device=True, announce=shown.append)
+        assert record["sub"] == "dana" and oidc_login.current_token() == record["id_token"]
+    assert "ABCD-EFGH" in shown[0] and "/activate" in shown[0]
+
+
+async def test_device_flow_needs_an_issuer_that_offers_it(provider: str, home: Path) -> None:
+    with pytest.raises(oidc_login.LoginError, match="offers no device flow"):
+        await asyncio.to_thread(oidc_login.login, provider, CLIENT_ID, device=True, announce=lambda _: None)
