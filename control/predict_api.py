@@ -58,7 +58,7 @@ class _Cache:
         from tune.errors import TuneError
         from tune.predict.predictor import ArtifactStore, Predictor
 
-        key = ArtifactStore.default().active() or "shipped"
+        key = str(ArtifactStore.default().active_path() or "shipped")
         with self._lock:
             if self._key != key:
                 try:
@@ -69,7 +69,12 @@ class _Cache:
             return self._predictor
 
 
-_cache = _Cache()
+def _cache(request: Request) -> _Cache:
+    """The app's predictor cache (made on first use, one per app)."""
+    cache = getattr(request.app.state, "predictor_cache", None)
+    if cache is None:
+        cache = request.app.state.predictor_cache = _Cache()
+    return cache
 
 router = APIRouter(
     tags=["predict"],
@@ -88,12 +93,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _predict(body: PredictRequest) -> dict[str, Any]:
+def _predict(cache: _Cache, body: PredictRequest) -> dict[str, Any]:
     import pandas as pd
 
     from tune.errors import TuneError
 
-    predictor = _cache.get()
+    predictor = cache.get()
     frame = pd.DataFrame(body.rows)
     try:
         result, invalid = predictor.predict_valid(frame, risk=body.risk)
@@ -115,13 +120,13 @@ def _predict(body: PredictRequest) -> dict[str, Any]:
 @router.post("/predict")
 async def predict(request: Request, body: PredictRequest) -> dict[str, Any]:
     """TTFT, TPOT (point and p90), E2E and throughput per GPU for each row."""
-    return await asyncio.to_thread(_predict, body)
+    return await asyncio.to_thread(_predict, _cache(request), body)
 
 
 @router.get("/predict/status")
 async def predict_status(request: Request) -> dict[str, Any]:
     """Which predictor version predicts, on what data, with which recorded accuracy."""
-    predictor = await asyncio.to_thread(_cache.get)
+    predictor = await asyncio.to_thread(_cache(request).get)
     meta = predictor.metadata
     cv = meta.get("cross_validation") or {}
     return {
