@@ -40,6 +40,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -134,6 +135,7 @@ class PipelineEngine:
         try:
             self._store = RunStore(self.database_url, on_change=self._notify)
             self._http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False)
+            _prepare_sqlite(self.database_url)  # milliseconds, once; before DBOS owns the loop's thread pool
             DBOS(
                 config={
                     "name": "foundry-pipelines",
@@ -163,6 +165,8 @@ class PipelineEngine:
         if _current is self:
             await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
             _current = None
+            # DBOS made its (now shut down) pool this loop's default executor: give it a live one.
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(thread_name_prefix="pipelines"))
         if self._http is not None:
             await self._http.aclose()
         if self._store is not None:
@@ -179,6 +183,10 @@ class PipelineEngine:
                 data = await self.store.definition(row["pipeline_id"], row["pipeline_version"])
                 with SetWorkflowID(run_id):
                     await DBOS.start_workflow_async(_run_workflow, run_id, data["definition"], row["params"])
+            elif status.status == "SUCCESS":
+                result = (await (await DBOS.retrieve_workflow_async(run_id)).get_result()) or {}
+                row = await self.store.run_row(run_id)
+                await self.store.finish_run(run_id, result.get("status", "succeeded"), outputs=row["outputs"], error=result.get("error"))
             elif status.status == "CANCELLED":
                 await self.store.finish_run(run_id, "cancelled", error="cancelled")
             elif status.status in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
@@ -574,6 +582,22 @@ def _waits_for(definition: PipelineDefinition, name: str, params: dict) -> bool:
         except TemplateError:
             return True  # named from a step's outputs: only known when it runs
     return False
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Write-ahead logging for a SQLite file, set before DBOS opens it (changing the journal mode
+    needs the only connection): commits append to the log instead of rewriting pages, and
+    readers never wait for the writer. Safe against a killed process, as the default is."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(parsed.database, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
 
 
 def _dbos_url(url: str) -> str:
