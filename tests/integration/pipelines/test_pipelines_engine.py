@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -273,3 +273,42 @@ async def test_definitions_are_versioned_by_name(engine):
     listed = {p["name"]: p for p in await engine.list_pipelines()}
     assert listed["versioned"]["version"] == 2
     assert (await engine.get_pipeline(first["id"], 1))["definition"]["steps"][0]["id"] == "a"
+
+
+async def test_timeouts_per_attempt_and_per_run(engine):
+    run = await run_to_end(engine, {
+        "name": "slow-attempts",
+        "steps": [{"id": "slow", "action": "busy", "params": {"seconds": 30}, "timeout_s": 0.5,
+                   "retry": {"max_attempts": 2, "backoff_s": 0.05}}],
+    })  # fmt: skip
+    step = run["steps"]["slow"]
+    assert run["status"] == "failed" and step["attempts"] == 2 and "timeout_s (0.5s)" in step["error"]
+
+    run = await run_to_end(engine, {
+        "name": "slow-run",
+        "settings": {"timeout_s": 1},
+        "steps": [
+            {"id": "long", "action": "busy", "params": {"seconds": 30}},
+            {"id": "after", "action": "log", "params": {"message": "x"}, "depends_on": ["long"]},
+        ],
+    })  # fmt: skip
+    assert run["status"] == "failed" and "timeout_s (1s)" in run["error"]
+    assert run["steps"]["long"]["status"] == "cancelled" and run["steps"]["after"]["status"] == "cancelled"
+    assert ts(run["finished_at"]) - ts(run["started_at"]) < 20
+
+
+async def test_wait_until_and_transform(engine):
+    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    run = await run_to_end(engine, {
+        "name": "until",
+        "parameters": {"at": {"type": "string"}},
+        "steps": [
+            {"id": "later", "action": "wait_until", "params": {"at": "{{ params.at }}"}},
+            {"id": "sum", "action": "transform", "depends_on": ["later"],
+             "params": {"input": [1, 2, 3], "expression": "input | sum"}},
+        ],
+    }, {"at": at})  # fmt: skip
+    assert run["status"] == "succeeded", run
+    assert ts(run["steps"]["later"]["finished_at"]) >= datetime.fromisoformat(at).timestamp()
+    assert run["steps"]["sum"]["outputs"] == {"result": 6}
+    assert any(r["steps"]["later"]["status"] == "waiting" for r in run["seen"])
