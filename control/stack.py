@@ -38,7 +38,7 @@ from control.leftovers import claim, release
 from pipelines.actor import ACTOR_NAME as PIPELINES_ACTOR
 from pipelines.actor import PipelineExecutor, PipelinesClient
 from serve.gateway.app import build_gateway
-from serve.metrics.actor import ACTOR_NAME, MetricsActor, MetricsClient
+from serve.metrics.actor import ACTOR_NAME, MetricsClient, start_metrics_actor
 from serve.providers.local import runtime_app_name
 from serve.runtimes.deployment import build_runtime, deployment_name
 from serve.runtimes.tiny import ensure_tiny_model
@@ -195,7 +195,7 @@ class Stack:
     def _start_metrics(self) -> MetricsClient:
         m = self.config.metrics
         path = m.path or str(self.home / "metrics")
-        self._metrics_actor = MetricsActor.options(name=ACTOR_NAME, namespace=NAMESPACE).remote(m.backend, path, m.url)
+        self._metrics_actor = start_metrics_actor(name=ACTOR_NAME, namespace=NAMESPACE, backend=m.backend, path=path, url=m.url)
         ray.get(self._metrics_actor.ready.remote(), timeout=READY_TIMEOUT_S)
         return MetricsClient(self._metrics_actor)
 

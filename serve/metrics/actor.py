@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from datetime import datetime
 
@@ -34,10 +35,10 @@ class MetricsActor:
         self._store = MetricsStore(open_backend(backend=backend, path=path, url=url))
         self._closed = False
 
-    async def insert(self, rows: list[RequestRecord]) -> int:
+    async def insert(self, rows: list[RequestRecord], token: str | None = None) -> int:
         if self._closed:
             raise RuntimeError("metrics store is closed")
-        await self._store.insert(rows)
+        await self._store.insert(rows, token)
         return len(rows)
 
     async def usage(
@@ -69,14 +70,22 @@ class MetricsActor:
             await self._store.close()
 
 
+def start_metrics_actor(*, name: str, namespace: str, backend: str, path: str | None, url: str | None):
+    """The store's actor, restarted by Ray whenever its process dies (its store reopens; the
+    recorders keep their rows meanwhile and send them again)."""
+    return MetricsActor.options(name=name, namespace=namespace, max_restarts=-1).remote(backend, path, url)
+
+
 class MetricsClient:
     """Async access to the :class:`MetricsActor`; picklable, so it travels to replicas."""
 
     def __init__(self, actor: ray.actor.ActorHandle) -> None:
         self._actor = actor
 
-    async def insert(self, rows: list[RequestRecord]) -> None:
-        await asyncio.wait_for(self._actor.insert.remote(rows), CALL_TIMEOUT_S)
+    async def insert(self, rows: list[RequestRecord], token: str | None = None) -> None:
+        """Write ``rows``; sent again with the same ``token`` (the answer was lost), they are
+        stored once."""
+        await asyncio.wait_for(self._actor.insert.remote(rows, token), CALL_TIMEOUT_S)
 
     async def usage(
         self, *, since: datetime | None = None, until: datetime | None = None, project_id: str | None = None
@@ -87,12 +96,12 @@ class MetricsClient:
         return await asyncio.wait_for(self._actor.count.remote(), CALL_TIMEOUT_S)
 
     async def timeseries(self, metric: str, interval: str, **kwargs) -> TimeSeries:
-        """:meth:`MetricsStore.timeseries` in the actor (same arguments)."""
-        return await asyncio.wait_for(self._actor.timeseries.remote(metric, interval, kwargs), CALL_TIMEOUT_S)
+        """:meth:`MetricsStore.timeseries` in the actor (same arguments and errors)."""
+        return await _bad_arguments_as_raised(self._actor.timeseries.remote(metric, interval, kwargs))
 
     async def top(self, metric: str, by: str, **kwargs) -> Ranking:
-        """:meth:`MetricsStore.top` in the actor (same arguments)."""
-        return await asyncio.wait_for(self._actor.top.remote(metric, by, kwargs), CALL_TIMEOUT_S)
+        """:meth:`MetricsStore.top` in the actor (same arguments and errors)."""
+        return await _bad_arguments_as_raised(self._actor.top.remote(metric, by, kwargs))
 
     async def insert_benchmarks(self, rows: list[dict]) -> int:
         return await asyncio.wait_for(self._actor.insert_benchmarks.remote(rows), CALL_TIMEOUT_S)
@@ -101,13 +110,26 @@ class MetricsClient:
         return await asyncio.wait_for(self._actor.benchmarks.remote(model_path), CALL_TIMEOUT_S)
 
 
+async def _bad_arguments_as_raised(ref: ray.ObjectRef):  # noqa: ANN202
+    """Await ``ref``; the store's ``ValueError`` (an argument out of range) comes back as itself,
+    not as Ray's wrapper, whose message carries the actor's traceback."""
+    try:
+        return await asyncio.wait_for(ref, CALL_TIMEOUT_S)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ValueError):
+            raise ValueError(str(exc.cause)) from None
+        raise
+
+
 class MetricsRecorder:
     """Buffers request records off the request path and writes them in batches.
 
     ``record()`` is a non-blocking append. A background task flushes every ``interval_s`` or
-    as soon as ``max_rows`` are waiting; ``close()`` flushes what is left. Rows that fail to
-    write stay buffered and are retried (up to ``max_buffered`` rows; beyond that the oldest are
-    dropped with an error log, so a dead store cannot exhaust the gateway's memory).
+    as soon as ``max_rows`` are waiting; ``close()`` flushes what is left. A batch that fails to
+    write is sent again, the same rows with the same token, until it is written: if the store
+    did write it and only the answer was lost (the actor died after the insert), the store keeps
+    one copy. Rows wait meanwhile (up to ``max_buffered``; beyond that the oldest are dropped
+    with an error log, so a dead store cannot exhaust the gateway's memory).
     """
 
     def __init__(
@@ -117,6 +139,7 @@ class MetricsRecorder:
         self._interval_s = interval_s
         self._max_rows = max_rows
         self._buffer: deque[RequestRecord] = deque(maxlen=max_buffered)
+        self._pending: tuple[str, list[RequestRecord]] | None = None  # (token, rows) not yet written
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flush_lock = asyncio.Lock()
@@ -132,11 +155,19 @@ class MetricsRecorder:
 
     async def flush(self) -> None:
         async with self._flush_lock:
-            while self._buffer:
-                batch = list(self._buffer)
-                await self._sink.insert(batch)
-                for _ in range(len(batch)):
-                    self._buffer.popleft()
+            while self._pending is not None or self._buffer:
+                if self._pending is None:
+                    batch = list(self._buffer)
+                    self._buffer.clear()
+                    self._pending = (uuid.uuid4().hex, batch)
+                token, batch = self._pending
+                await self._sink.insert(batch, token)
+                self._pending = None
+
+    @property
+    def waiting(self) -> int:
+        """Rows recorded and not yet written."""
+        return len(self._buffer) + (len(self._pending[1]) if self._pending else 0)
 
     async def _run(self) -> None:
         while True:
@@ -150,7 +181,7 @@ class MetricsRecorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep the rows; try again next tick
-                log.warning("metrics flush failed (%d rows kept): %s", len(self._buffer), exc)
+                log.warning("metrics flush failed (%d rows kept): %s", self.waiting, exc)
 
     async def close(self) -> None:
         if self._task is not None:

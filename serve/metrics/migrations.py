@@ -7,6 +7,8 @@ one cut short by a crash runs again on the next open: each is written to be safe
     1  request log (``requests``) and ``benchmarks``, with the columns added before numbering
     2  ``deployment`` column; rollups at 5 min, 1 h and 1 d (:mod:`serve.metrics.rollups`),
        back-filled once from the rows already stored
+    3  insert deduplication on the request log and the rollups: a batch sent again with the
+       same token (after a write whose answer was lost) is stored once
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from serve.metrics.rollups import RAW_TABLE, ROLLUPS, create_statements
 
 TABLE = RAW_TABLE
 MIGRATIONS_TABLE = "schema_migrations"
+# how many recent insert tokens a table remembers (non-replicated MergeTree deduplication)
+DEDUPLICATION_WINDOW = 10_000
 
 BENCH_TABLE = "benchmarks"
 # The measured-data schema (tune/'s training data, ../shared/perfdata/measured_serving.csv), so
@@ -91,6 +95,10 @@ MIGRATIONS = [
         # empty for every row written before deployments were recorded
         f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS deployment LowCardinality(String)",
         *(statement for rollup in ROLLUPS.values() for statement in create_statements(rollup)),
+    ]),
+    Migration(3, "insert deduplication", lambda: [
+        f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
+        for table in (TABLE, *(rollup.table for rollup in ROLLUPS.values()))
     ]),
 ]  # fmt: skip
 

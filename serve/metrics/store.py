@@ -41,7 +41,9 @@ class Backend(Protocol):
 
     def command(self, sql: str) -> None: ...
 
-    def insert_json_rows(self, table: str, payload: bytes) -> None: ...
+    def insert_json_rows(self, table: str, payload: bytes, token: str | None = None) -> None:
+        """``token``: a retried insert with the same token is stored once (deduplication)."""
+        ...
 
     def query_rows(self, sql: str) -> list[dict]: ...
 
@@ -65,8 +67,9 @@ class ChdbBackend:
     def command(self, sql: str) -> None:
         self._query(sql)
 
-    def insert_json_rows(self, table: str, payload: bytes) -> None:
-        self._query(f"INSERT INTO {table} FORMAT JSONEachRow\n" + payload.decode())
+    def insert_json_rows(self, table: str, payload: bytes, token: str | None = None) -> None:
+        settings = f" SETTINGS {_dedup_settings(token)}" if token else ""
+        self._query(f"INSERT INTO {table}{settings} FORMAT JSONEachRow\n" + payload.decode())
 
     def query_rows(self, sql: str) -> list[dict]:
         out = self._query(sql + " FORMAT JSONEachRow").bytes()
@@ -80,6 +83,16 @@ class ChdbBackend:
 
     def close(self) -> None:
         self._session.close()
+
+
+# Deduplicate the rollups' blocks too, so a batch stored once is counted once everywhere.
+_DEDUP = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
+def _dedup_settings(token: str) -> str:
+    if not token.replace("-", "").isalnum():
+        raise ValueError(f"not an insert token: {token!r}")
+    return f"insert_deduplication_token = '{token}', deduplicate_blocks_in_dependent_materialized_views = 1"
 
 
 class ClickHouseHTTPBackend:
@@ -112,9 +125,10 @@ class ClickHouseHTTPBackend:
         except Exception as exc:
             raise MetricsBackendError(f"metrics query failed: {exc}") from exc
 
-    def insert_json_rows(self, table: str, payload: bytes) -> None:
+    def insert_json_rows(self, table: str, payload: bytes, token: str | None = None) -> None:
+        settings = _DEDUP | {"insert_deduplication_token": token} if token else None
         try:
-            self._client.raw_insert(table, insert_block=payload, fmt="JSONEachRow")
+            self._client.raw_insert(table, insert_block=payload, fmt="JSONEachRow", settings=settings)
         except Exception as exc:
             raise MetricsBackendError(f"metrics insert failed: {exc}") from exc
 
@@ -137,12 +151,13 @@ class MetricsStore:
         self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
         migrate(backend)
 
-    async def insert(self, rows: list[RequestRecord]) -> None:
+    async def insert(self, rows: list[RequestRecord], token: str | None = None) -> None:
+        """Write ``rows``; with ``token``, writing the same batch again stores it once."""
         if not rows:
             return
         payload = b"\n".join(_encode(r) for r in rows)
         async with self._lock:
-            await asyncio.to_thread(self._backend.insert_json_rows, TABLE, payload)
+            await asyncio.to_thread(self._backend.insert_json_rows, TABLE, payload, token)
 
     async def usage(
         self,

@@ -37,8 +37,8 @@ class StoreSink:
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
 
-    async def insert(self, rows) -> None:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.store.insert(rows), self._loop))
+    async def insert(self, rows, token=None) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.store.insert(rows, token), self._loop))
 
     def rows(self, where: str = "1") -> list[dict]:
         from serve.metrics.store import TABLE

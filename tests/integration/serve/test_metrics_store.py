@@ -82,12 +82,24 @@ class FlakySink:
     def __init__(self, store, failures: int = 0) -> None:
         self.store, self.failures, self.calls = store, failures, 0
 
-    async def insert(self, rows):
+    async def insert(self, rows, token=None):
         self.calls += 1
         if self.failures:
             self.failures -= 1
             raise MetricsBackendError("store unavailable")
-        await self.store.insert(rows)
+        await self.store.insert(rows, token)
+
+
+class LostAnswerSink(FlakySink):
+    """Writes the first ``failures`` batches, then fails as if the answer never came back (the
+    actor died after its insert)."""
+
+    async def insert(self, rows, token=None):
+        self.calls += 1
+        await self.store.insert(rows, token)
+        if self.failures:
+            self.failures -= 1
+            raise MetricsBackendError("the actor died before it answered")
 
 
 async def test_recorder_batches_and_flushes_on_close(store):
@@ -112,6 +124,23 @@ async def test_recorder_flushes_when_batch_is_full_and_retries_failures(store):
         await asyncio.sleep(0.05)
     await recorder.close()
     assert await store.count() == 35  # failed batches were kept and written later, once
+
+
+async def test_a_batch_written_but_not_acknowledged_is_stored_once(store):
+    sink = LostAnswerSink(store, failures=2)
+    recorder = MetricsRecorder(sink, interval_s=0.05, max_rows=1000)
+    for i in range(20):
+        recorder.record(rec(i))
+    deadline = asyncio.get_running_loop().time() + 10
+    while recorder.waiting:  # written, "lost", written again twice with the same token
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    await recorder.close()
+    assert sink.calls == 3
+    assert await store.count() == 20
+    since = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    series = await store.timeseries("requests", "1d", since=since, until=datetime.now(timezone.utc) + timedelta(days=1))
+    assert sum(v for s in series.series for _, v in s.points) == 20  # and counted once in the rollups
 
 
 async def test_benchmark_rows_round_trip(store):
