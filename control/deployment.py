@@ -26,6 +26,8 @@ def build_control(
     @serve.deployment(
         name="ControlAPI",
         ray_actor_options={"num_cpus": num_cpus},
+        # Serve's default is 5: five `foundry pipelines run --wait` streams would queue every other call.
+        max_ongoing_requests=256,
         graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=30,
     )
