@@ -16,7 +16,7 @@ from rich.text import Text
 
 config_app = typer.Typer(help="Show the stack configuration.", no_args_is_help=True)
 # Outside text (paths, Ray's and HAProxy's messages) is printed as it is, never as rich markup.
-console = Console(stderr=True, markup=False, highlight=False)
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # paths stay whole
 
 
 def _error(message: object) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import httpx
@@ -261,12 +262,58 @@ def test_usage_counts_every_request(stack):
     assert tiny["completion_tokens"] > 0
 
 
+def test_response_headers_and_prometheus_metrics(stack):
+    """What the README promises: x-request-id and x-foundry-overhead-ms on every answer, and
+    latency/TTFT/overhead histograms labelled by model at /v1/metrics."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": "foundry-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with httpx.Client(base_url=stack.base_url, headers=headers, timeout=60) as http:
+        sent(2)
+        plain = http.post("/chat/completions", json=body)
+        with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as streamed:
+            streamed.read()
+        metrics = http.get("/metrics").text
+    for reply in (plain, streamed):
+        assert reply.status_code == 200
+        assert reply.headers["x-request-id"].startswith("chatcmpl-")
+        assert float(reply.headers["x-foundry-overhead-ms"]) >= 0
+    assert plain.json()["id"] == plain.headers["x-request-id"]
+    for histogram in ("latency", "ttft", "overhead"):
+        assert f'foundry_gateway_{histogram}_seconds_bucket{{le="0.005",model="foundry-tiny"}}' in metrics
+    assert 'foundry_gateway_requests_total{model="foundry-tiny"' in metrics
+    assert 'foundry_gateway_tokens_total{kind="completion",model="foundry-tiny"' in metrics
+
+
 def test_shutdown_loses_no_record(stack, client):
-    """SIGTERM right after a burst: in-flight requests finish, buffered rows are flushed."""
+    """SIGTERM with streams in flight: they finish, buffered rows are flushed, nothing is lost."""
     for _ in range(5):
         sent()
         client.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "x"}], max_tokens=3)
-    assert stack.stop() == 0
+    started = threading.Barrier(7)
+    finished: list[str | None] = []
+
+    def stream() -> None:
+        chunks = client.chat.completions.create(
+            model="foundry-tiny", messages=[{"role": "user", "content": "go on"}], max_tokens=48,
+            temperature=0, stream=True,
+        )  # fmt: skip
+        reason = None
+        for i, chunk in enumerate(chunks):
+            if i == 1:
+                started.wait(60)  # every stream is under way before the signal
+            if chunk.choices and chunk.choices[0].finish_reason:
+                reason = chunk.choices[0].finish_reason
+        finished.append(reason)
+
+    streams = [threading.Thread(target=stream) for _ in range(6)]
+    for t in streams:
+        sent()
+        t.start()
+    started.wait(60)
+    assert stack.stop() == 0  # SIGTERM while six streams are in flight
+    for t in streams:
+        t.join(60)
+    assert len(finished) == 6 and all(r in ("stop", "length") for r in finished)  # each ran to its end
     again = start_stack(stack.home, stack.port)
     try:
         assert _usage_requests(again) == (SENT["n"], SENT["n"])
