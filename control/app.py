@@ -222,7 +222,7 @@ async def _known_query_parameters(request: Request) -> None:
             )
 
 
-# --- database sessions and admin authentication --------------------------------------------
+# --- database sessions and callers ------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -250,10 +250,6 @@ async def _authenticate(request: Request, token: str) -> Caller:
 
 def _audit(access: Access) -> Audit:
     return Audit(actor=access.caller.actor, request_id=access.request_id)
-
-
-# Kept for routes written before permissions: an admin-only route. Prefer authorize("...").
-_require_admin = authorize("cluster:manage").dependency
 
 
 # --- routes ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from control.analytics import TimeSeriesPublic, TopPublic
+from control.login import current_token
 from control.schemas import (
     AuditPage,
     Health,
@@ -87,8 +88,6 @@ class FoundryConnectionError(FoundryError):
 def resolve_api_key(explicit: str | None = None) -> str | None:
     """The credential to send: ``explicit``, else ``$FOUNDRY_API_KEY``, else ``$FOUNDRY_ADMIN_KEY``,
     else the token of ``foundry login`` (refreshed if need be; see :mod:`control.login`)."""
-    from control.login import current_token
-
     return explicit or os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY") or current_token()
 
 
@@ -160,6 +159,8 @@ class Foundry:
                 "no API key: pass api_key=..., set FOUNDRY_API_KEY or FOUNDRY_ADMIN_KEY, or run `foundry login`"
             )
         self.api_key = key
+        # A `foundry login` token expires within the hour: read it again (refreshed) per request.
+        self._from_login = not (api_key or os.environ.get("FOUNDRY_API_KEY") or os.environ.get("FOUNDRY_ADMIN_KEY"))
         self.inference_url = (inference_url or self.api_url.removesuffix("/api") + "/v1").rstrip("/")
         self.timeout_s = timeout_s
         self._http = httpx.Client(
@@ -328,6 +329,8 @@ class Foundry:
         return out
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> Any:
+        if self._from_login and (token := current_token()):
+            self._http.headers["Authorization"] = f"Bearer {token}"
         try:
             response = self._http.request(method, path, json=json, params=params)
         except httpx.TimeoutException as exc:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 
 from control import audit
 from control.app import create_app
@@ -57,6 +58,7 @@ class Stack:
     issuer: FakeIssuer
     admin_key: str
     database_url: str
+    app: FastAPI
 
     def token(self, sub: str, **claims: Any) -> str:
         email = claims.pop("email", f"{sub}@example.com")
@@ -84,7 +86,7 @@ async def stack(database_url: str, issuer: FakeIssuer) -> AsyncIterator[Stack]:
     async with app.router.lifespan_context(app):
         headers = {"Authorization": f"Bearer {admin_key}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://control", headers=headers) as api:
-            yield Stack(api, issuer, admin_key, database_url)
+            yield Stack(api, issuer, admin_key, database_url, app)
 
 
 def error_code(response: httpx.Response, status: int) -> str:
@@ -324,7 +326,7 @@ def _expected(permission: str, who: str, in_alpha: bool) -> int | None:
 async def test_role_matrix_follows_the_permission_table_on_every_route(team: Team) -> None:
     app_routes = {
         (method, route.path_format): route_permission(route)
-        for route in api_routes(team.stack.api._transport.app)  # type: ignore[attr-defined]
+        for route in api_routes(team.stack.app)
         for method in route.methods
     }
     unprotected = {r for r, p in app_routes.items() if p is None} - {("GET", "/health")}
@@ -349,7 +351,7 @@ async def test_role_matrix_follows_the_permission_table_on_every_route(team: Tea
 
 
 async def test_every_route_but_health_needs_credentials(stack: Stack) -> None:
-    for route in api_routes(stack.api._transport.app):  # type: ignore[attr-defined]
+    for route in api_routes(stack.app):
         if route.path_format == "/health":
             continue
         for method in route.methods:
