@@ -26,11 +26,11 @@ def register(app: typer.Typer) -> None:
 
 def login(
     issuer: Annotated[
-        str, typer.Option("--issuer", envvar="FOUNDRY_OIDC_ISSUER", help="The OIDC issuer URL ([auth] oidc_issuer).")
+        str, typer.Option("--issuer", envvar="FOUNDRY_OIDC_ISSUER", help="The OIDC issuer URL (auth.oidc_issuer of the stack config).")
     ],
     client_id: Annotated[
         str,
-        typer.Option("--client-id", envvar="FOUNDRY_OIDC_CLIENT_ID", help="The public client id ([auth] oidc_audience)."),
+        typer.Option("--client-id", envvar="FOUNDRY_OIDC_CLIENT_ID", help="The public client id (auth.oidc_audience of the stack config)."),
     ],
     client_secret: Annotated[
         str | None,
