@@ -25,6 +25,8 @@ from control.config import AuthConfig
 from control.db import create_engine
 from control.keys import DatabaseKeySource, bootstrap_admin
 from control.permissions import AUTHENTICATED, Role, api_routes, permissions_of, route_permission
+from serve.gateway.errors import AuthenticationFailed as GatewayAuthenticationFailed
+from serve.gateway.keycache import KeyCache
 from serve.metrics.records import Ranking, UsageReport
 from tests.fakes.oidc import FakeIssuer, hs256_with, tampered, unsigned
 
@@ -406,11 +408,23 @@ async def test_a_removed_members_keys_stop_working(team: Team) -> None:
     api = team.stack.api
     key = (await api.post("/keys", json={"project": "alpha"}, headers=team.headers("member"))).json()
     assert (await api.get("/users/me", headers=team.stack.as_key(key["key"]))).json()["projects"][0]["role"] == "member"
-    assert key["id"] in await _gateway_key_ids(team.stack.database_url)
-    removed = await api.delete("/projects/alpha/members/member@example.com", headers=team.headers("owner"))
-    assert removed.status_code == 204, removed.text
-    assert error_code(await api.get("/keys", headers=team.stack.as_key(key["key"])), 403) == "permission_denied"
-    assert key["id"] not in await _gateway_key_ids(team.stack.database_url)
+    gateway = KeyCache(DatabaseKeySource(team.stack.database_url), refresh_s=0.05)  # the gateway's own cache
+    await gateway.start()
+    try:
+        assert (await gateway.authenticate(f"Bearer {key['key']}")).key_id == key["id"]
+        removed = await api.delete("/projects/alpha/members/member@example.com", headers=team.headers("owner"))
+        assert removed.status_code == 204, removed.text
+        assert error_code(await api.get("/keys", headers=team.stack.as_key(key["key"])), 403) == "permission_denied"
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the gateway drops the key at its next refresh
+            try:
+                await gateway.authenticate(f"Bearer {key['key']}")
+            except GatewayAuthenticationFailed:
+                break
+            assert time.monotonic() < deadline, "the gateway still accepts a removed member's key"
+            await asyncio.sleep(0.05)  # polling a condition, bounded by the deadline above
+    finally:
+        await gateway.close()
 
 
 async def test_revoked_keys_cannot_be_changed(stack: Stack) -> None:
