@@ -18,18 +18,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pipelines.errors import Conflict, NotFound
 
-__all__ = ["RUN_FINAL", "STEP_FINAL", "RunStore", "async_url", "iso"]
+__all__ = ["RUN_FINAL", "STEP_FINAL", "RunStore", "iso", "sync_url"]
 
 RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
 STEP_FINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
@@ -85,11 +83,11 @@ steps = sa.Table(
 )
 
 
-def async_url(url: str) -> str:
-    """The SQLAlchemy async URL for a ``sqlite:///`` or ``postgresql://`` URL."""
+def sync_url(url: str) -> str:
+    """The SQLAlchemy URL (pysqlite or psycopg) for a ``sqlite:///`` or ``postgresql://`` URL."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
     if parsed.get_backend_name() == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database URL scheme {parsed.drivername!r} (sqlite or postgresql)")
@@ -100,62 +98,71 @@ def iso(ts: float | None) -> str | None:
 
 
 class RunStore:
+    """Each method is one transaction run in a worker thread (one hop off the event loop, rather
+    than one per statement as with an async driver)."""
+
     def __init__(self, database_url: str, *, on_change: Callable[[str], None] | None = None) -> None:
-        url = async_url(database_url)
+        url = sync_url(database_url)
         self._sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if self._sqlite else {"pool_size": 10, "max_overflow": 20}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: sa.Engine = sa.create_engine(url, **kwargs)
         if self._sqlite:
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         # SQLite has one writer at a time: queue our own writers here instead of in busy loops.
         self._write_lock = asyncio.Lock() if self._sqlite else None
         self._on_change = on_change or (lambda run_id: None)
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await asyncio.to_thread(metadata.create_all, self.engine)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await asyncio.to_thread(self.engine.dispose)
 
-    @asynccontextmanager
-    async def _write(self):
+    async def _read(self, op: Callable[[sa.Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.engine.connect() as conn:
+                return op(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.engine.begin() as conn:
+                return op(conn)
+
         if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+            return await asyncio.to_thread(run)
+        async with self._write_lock:
+            return await asyncio.to_thread(run)
 
     # --- definitions ---------------------------------------------------------------------------
 
     async def save_definition(self, name: str, definition: dict) -> tuple[str, int]:
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(definitions.c.id, definitions.c.version)
-                    .where(definitions.c.name == name)
-                    .order_by(definitions.c.version.desc())
-                    .limit(1)
-                )
+        def op(conn: sa.Connection) -> tuple[str, int]:
+            row = conn.execute(
+                sa.select(definitions.c.id, definitions.c.version)
+                .where(definitions.c.name == name)
+                .order_by(definitions.c.version.desc())
+                .limit(1)
             ).first()
             pipeline_id, version = (row.id, row.version + 1) if row else (f"pl_{uuid.uuid4().hex[:16]}", 1)
-            try:
-                await conn.execute(
-                    definitions.insert().values(
-                        id=pipeline_id, version=version, name=name, definition=definition, created_at=time.time()
-                    )
+            conn.execute(
+                definitions.insert().values(
+                    id=pipeline_id, version=version, name=name, definition=definition, created_at=time.time()
                 )
-            except IntegrityError:
-                raise Conflict(f"pipeline {name!r} was changed at the same time; try again", param="name") from None
-        return pipeline_id, version
+            )
+            return pipeline_id, version
+
+        try:
+            return await self._write(op)
+        except IntegrityError:
+            raise Conflict(f"pipeline {name!r} was changed at the same time; try again", param="name") from None
 
     async def definition(self, pipeline_id: str, version: int | None = None) -> dict:
         query = sa.select(definitions).where(sa.or_(definitions.c.id == pipeline_id, definitions.c.name == pipeline_id))
         if version is not None:
             query = query.where(definitions.c.version == version)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query.order_by(definitions.c.version.desc()).limit(1))).first()
+        row = await self._read(lambda conn: conn.execute(query.order_by(definitions.c.version.desc()).limit(1)).first())
         if row is None:
             raise NotFound(f"no pipeline {pipeline_id!r}", param="pipeline_id")
         return _definition_public(row)
@@ -171,8 +178,7 @@ class RunStore:
             .join(latest, sa.and_(definitions.c.id == latest.c.id, definitions.c.version == latest.c.version))
             .order_by(definitions.c.name)
         )
-        async with self.engine.connect() as conn:
-            return [_definition_public(row) for row in await conn.execute(query)]
+        return await self._read(lambda conn: [_definition_public(row) for row in conn.execute(query)])
 
     # --- runs ------------------------------------------------------------------------------------
 
@@ -180,31 +186,35 @@ class RunStore:
         self, run_id: str, pipeline_id: str, pipeline_version: int, params: dict, step_rows: list[dict]
     ) -> None:
         now = time.time()
-        async with self._write() as conn:
-            await conn.execute(
+
+        def op(conn: sa.Connection) -> None:
+            conn.execute(
                 runs.insert().values(
                     id=run_id, pipeline_id=pipeline_id, pipeline_version=pipeline_version, status="pending",
                     params=params, outputs={}, error=None, progress=0.0, events=[], version=1,
                     created_at=now, updated_at=now,
                 )
             )  # fmt: skip
-            await conn.execute(
+            conn.execute(
                 steps.insert(),
                 [
                     {"run_id": run_id, "status": "pending", "attempts": 0, "progress": 0.0, "outputs": {}, **row}
                     for row in step_rows
                 ],
             )
+
+        await self._write(op)
         self._on_change(run_id)
 
     async def run_started(self, run_id: str) -> None:
-        async with self._write() as conn:
-            result = await conn.execute(
+        def op(conn: sa.Connection) -> int:
+            return conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.status == "pending")
                 .values(status="running", started_at=time.time(), updated_at=time.time(), version=runs.c.version + 1)
-            )
-        if result.rowcount:
+            ).rowcount
+
+        if await self._write(op):
             self._on_change(run_id)
 
     async def update_step(
@@ -242,37 +252,31 @@ class RunStore:
         if event is not None:
             values["event"] = event
             values["started_at"] = sa.func.coalesce(steps.c.started_at, started_at or time.time())
-        async with self._write() as conn:
-            result = await conn.execute(
+        # Only a step's progress going up can move the run's (which never goes back).
+        recompute = bool(values.get("progress"))
+
+        def op(conn: sa.Connection) -> bool:
+            result = conn.execute(
                 steps.update()
                 .where(steps.c.run_id == run_id, steps.c.step_id == step_id, steps.c.status.not_in(STEP_FINAL))
                 .values(**values)
             )
             if not result.rowcount:
                 return False
-            await self._follow(conn, run_id)
-        self._on_change(run_id)
-        return True
+            _follow(conn, run_id, recompute=recompute)
+            return True
 
-    async def _follow(self, conn: AsyncConnection, run_id: str) -> None:
-        rows = (await conn.execute(sa.select(steps.c.weight, steps.c.progress).where(steps.c.run_id == run_id))).all()
-        total = sum(r.weight for r in rows) or 1.0
-        progress = round(sum(r.weight * r.progress for r in rows) / total, 2)
-        await conn.execute(
-            runs.update()
-            .where(runs.c.id == run_id)
-            .values(
-                progress=sa.case((runs.c.progress > progress, runs.c.progress), else_=progress),
-                version=runs.c.version + 1,
-                updated_at=time.time(),
-            )
-        )
+        changed = await self._write(op)
+        if changed:
+            self._on_change(run_id)
+        return changed
 
     async def finish_run(self, run_id: str, status: str, *, outputs: dict | None = None, error: str | None = None) -> bool:
         """Give the run its final status (unless it has one); steps still open become cancelled."""
         now = time.time()
-        async with self._write() as conn:
-            result = await conn.execute(
+
+        def op(conn: sa.Connection) -> bool:
+            result = conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.status.not_in(RUN_FINAL))
                 .values(
@@ -283,70 +287,93 @@ class RunStore:
             )  # fmt: skip
             if not result.rowcount:
                 return False
-            await conn.execute(
+            conn.execute(
                 steps.update()
                 .where(steps.c.run_id == run_id, steps.c.status.not_in(STEP_FINAL))
                 .values(status="cancelled", finished_at=now, progress=100.0)
             )
             if status == "succeeded":
-                await conn.execute(runs.update().where(runs.c.id == run_id).values(progress=100.0))
-        self._on_change(run_id)
-        return True
+                conn.execute(runs.update().where(runs.c.id == run_id).values(progress=100.0))
+            return True
+
+        changed = await self._write(op)
+        if changed:
+            self._on_change(run_id)
+        return changed
 
     async def compare_and_set(self, run_id: str, expected_version: int, values: dict) -> bool:
         """Apply ``values`` only if the run is still at ``expected_version`` and not final."""
-        async with self._write() as conn:
-            result = await conn.execute(
+
+        def op(conn: sa.Connection) -> int:
+            return conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.version == expected_version, runs.c.status.not_in(RUN_FINAL))
                 .values(**values, version=runs.c.version + 1, updated_at=time.time())
-            )
-        if result.rowcount:
+            ).rowcount
+
+        changed = bool(await self._write(op))
+        if changed:
             self._on_change(run_id)
-        return bool(result.rowcount)
+        return changed
 
     async def cancel_open_steps(self, run_id: str, step_ids: list[str], error: str) -> None:
         if not step_ids:
             return
         now = time.time()
-        async with self._write() as conn:
-            await conn.execute(
+
+        def op(conn: sa.Connection) -> None:
+            conn.execute(
                 steps.update()
                 .where(steps.c.run_id == run_id, steps.c.step_id.in_(step_ids), steps.c.status.not_in(STEP_FINAL))
                 .values(status="cancelled", finished_at=now, progress=100.0, error=error)
             )
-            await self._follow(conn, run_id)
+            _follow(conn, run_id, recompute=True)
+
+        await self._write(op)
         self._on_change(run_id)
 
     async def run_row(self, run_id: str) -> dict:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        row = await self._read(lambda conn: conn.execute(sa.select(runs).where(runs.c.id == run_id)).first())
         if row is None:
             raise NotFound(f"no pipeline run {run_id!r}", param="run_id")
         return dict(row._mapping)
 
     async def run(self, run_id: str) -> dict:
         """The run as the API shows it."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+
+        def op(conn: sa.Connection):
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
             if row is None:
-                raise NotFound(f"no pipeline run {run_id!r}", param="run_id")
-            step_rows = (
-                await conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position))
-            ).all()
-        return _run_public(row, step_rows)
+                return None
+            return row, conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)).all()
+
+        found = await self._read(op)
+        if found is None:
+            raise NotFound(f"no pipeline run {run_id!r}", param="run_id")
+        return _run_public(*found)
 
     async def list_runs(self, pipeline_id: str | None = None, limit: int = 100) -> list[dict]:
         query = sa.select(runs.c.id).order_by(runs.c.created_at.desc()).limit(limit)
         if pipeline_id:
             query = query.where(runs.c.pipeline_id == pipeline_id)
-        async with self.engine.connect() as conn:
-            ids = [r.id for r in await conn.execute(query)]
+        ids = await self._read(lambda conn: [r.id for r in conn.execute(query)])
         return [await self.run(run_id) for run_id in ids]
 
     async def open_runs(self) -> list[str]:
-        async with self.engine.connect() as conn:
-            return [r.id for r in await conn.execute(sa.select(runs.c.id).where(runs.c.status.not_in(RUN_FINAL)))]
+        return await self._read(
+            lambda conn: [r.id for r in conn.execute(sa.select(runs.c.id).where(runs.c.status.not_in(RUN_FINAL)))]
+        )
+
+
+def _follow(conn: sa.Connection, run_id: str, *, recompute: bool) -> None:
+    """The run follows a step change: a new version, and (if asked) its weighted progress."""
+    values: dict[str, Any] = {"version": runs.c.version + 1, "updated_at": time.time()}
+    if recompute:
+        rows = conn.execute(sa.select(steps.c.weight, steps.c.progress).where(steps.c.run_id == run_id)).all()
+        total = sum(r.weight for r in rows) or 1.0
+        progress = round(sum(r.weight * r.progress for r in rows) / total, 2)
+        values["progress"] = sa.case((runs.c.progress > progress, runs.c.progress), else_=progress)
+    conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
