@@ -46,7 +46,11 @@ async def create_key(
         expires_at = now + timedelta(days=spec.expires_in_days)
     elif expires_at is not None and expires_at <= now:
         raise InvalidRequest("expires_at must be in the future", param="expires_at")
+    existed = await session.scalar(select(Project.id).where(Project.name == spec.project))
     project = await ensure_project(session, spec.project)
+    if audit is not None and existed is None:
+        await audit.append(session, "project.create", f"project:{project.id}", project_id=project.id,
+                           changes={"name": project.name})  # fmt: skip
     secret = new_key()
     key = ApiKey(
         project=project,

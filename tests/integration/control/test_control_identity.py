@@ -429,6 +429,8 @@ async def test_a_removed_members_keys_stop_working(team: Team) -> None:
 
 async def test_revoked_keys_cannot_be_changed(stack: Stack) -> None:
     key = (await stack.api.post("/keys", json={"project": "p"})).json()
+    made = (await stack.api.get("/audit", params={"project": "p"})).json()["data"]
+    assert [r["action"] for r in made] == ["project.create", "key.create"]  # the project made on the way too
     assert (await stack.api.delete(f"/keys/{key['id']}")).status_code == 200
     assert error_code(await stack.api.patch(f"/keys/{key['id']}", json={"rpm": 5}), 409) == "key_revoked"
 
