@@ -452,7 +452,7 @@ def _routes() -> APIRouter:
 
     @api.post("/benchmarks", status_code=201, tags=["benchmarks"])
     async def record_benchmarks(
-        request: Request, body: BenchmarkRows, access: Annotated[Access, authorize("model:manage")]
+        request: Request, body: BenchmarkRows, session: Session, access: Annotated[Access, authorize("model:manage")]
     ) -> dict[str, int]:
         """Store `foundry bench` rows (the measured-data schema) in the metrics store."""
         try:
@@ -461,6 +461,8 @@ def _routes() -> APIRouter:
             raise InvalidRequest(str(exc), param="rows") from None
         except (TimeoutError, MetricsBackendError) as exc:
             raise MetricsUnavailable("the metrics store is unavailable; try again shortly") from exc
+        await _audit(access).append(session, "benchmarks.record", "benchmarks", changes={"rows": inserted})
+        await session.commit()
         return {"inserted": inserted}
 
     @api.get("/benchmarks", tags=["benchmarks"])

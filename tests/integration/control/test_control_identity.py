@@ -462,6 +462,9 @@ async def test_changes_are_audited_in_a_chain_that_detects_tampering(team: Team)
     assert page["data"][0]["actor"].startswith("user:") and key["key"] not in str(page)
     member_changes = (await api.get("/audit", params={"action": "member.add", "project": "alpha"})).json()["data"]
     assert len(member_changes) == 3
+    assert (await api.post("/benchmarks", json={"rows": [{"x": 1}]})).status_code == 201
+    stored = (await api.get("/audit", params={"action": "benchmarks.record"})).json()["data"]
+    assert [r["changes"] for r in stored] == [{"rows": 1}]
 
     records, head = await _whole_log(api)
     assert audit.verify(records, head) == []
