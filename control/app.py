@@ -154,7 +154,7 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
     # usage over time, of the caller's projects (analytics._project_id narrows it)
     app.include_router(analytics.router, dependencies=[authorize("usage:view")])
     # pipelines deploy and change the cluster, for every project: admins
-    app.include_router(pipelines_api.router(), dependencies=[authorize("cluster:manage")])
+    app.include_router(pipelines_api.router(), dependencies=[authorize("cluster:manage"), Depends(_audit_writes)])
     # optimizer predictions with the active predictor version: anyone who may view models
     app.include_router(predict_api.router, dependencies=[authorize("model:view")])
     _document_errors(app)
@@ -250,6 +250,23 @@ async def _authenticate(request: Request, token: str) -> Caller:
 
 def _audit(access: Access) -> Audit:
     return Audit(actor=access.caller.actor, request_id=access.request_id)
+
+
+async def _audit_writes(request: Request) -> AsyncIterator[None]:
+    """For routers whose changes live outside the control database (pipelines: DBOS): one audit
+    record per successful write, ``action`` = method and route, ``changes`` = the path's ids.
+    A write that fails raises through the ``yield`` and is not recorded."""
+    yield
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    route = request.scope.get("route")
+    action = f"{request.method.lower()} {getattr(route, 'path_format', request.url.path)}"[:64]
+    async with _database(request) as session:
+        await audit_log.append(
+            session, actor=request.state.caller.actor, action=action, target=request.url.path[:128],
+            changes=dict(request.path_params), request_id=_request_id(request),
+        )  # fmt: skip
+        await session.commit()
 
 
 # --- routes ----------------------------------------------------------------------------------

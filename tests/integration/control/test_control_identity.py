@@ -491,3 +491,27 @@ async def _whole_log(api: httpx.AsyncClient) -> tuple[list[dict], dict]:
         if not page["has_more"]:
             return records, page["chain"]
         after = page["data"][-1]["seq"]
+
+
+@pytest.mark.slow
+async def test_pipeline_changes_are_audited(tmp_path) -> None:
+    """Pipelines keep their state in DBOS: each successful write still gets its audit record."""
+    from control.db import migrate
+    from tests.integration.pipelines.harness import database_url as pipelines_url
+    from tests.integration.pipelines.harness import running_engine
+
+    control_url = f"sqlite:///{tmp_path / 'foundry.db'}"
+    await migrate(control_url)
+    admin_key = await bootstrap_admin(control_url, None)
+    definition = {"name": "audited", "steps": [{"id": "done", "action": "set_output", "params": {"x": "1"}}]}
+    async with running_engine(pipelines_url("sqlite", tmp_path, None)) as engine:
+        app = create_app(database_url=control_url, usage=Usage(), pipelines=engine)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            headers = {"Authorization": f"Bearer {admin_key}"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://control", headers=headers) as api:
+                created = await api.post("/pipelines", json=definition)
+                assert created.status_code == 201, created.text
+                assert (await api.post("/pipelines", json={"name": "broken"})).status_code == 400
+                records = (await api.get("/audit")).json()["data"]
+    assert [(r["action"], r["actor"].split(":")[0]) for r in records] == [("post /pipelines", "key")]
