@@ -666,8 +666,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         for key in ("created_utc", "training_rows", "training_sources", "systems",
                     "training_data_sha256", "versions"):
             value = info[key]
-            out.print(f"  {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}",
-                      highlight=False)
+            text = (", ".join(map(str, value)) or "none") if isinstance(value, list) else value
+            out.print(f"  {key}: {text}", highlight=False)
         if not info["intervals"]:
             out.print("  [yellow]no intervals[/yellow]: trained without cross-validation, "
                       "pred_*_p90 equal the point predictions")
