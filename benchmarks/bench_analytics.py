@@ -83,8 +83,9 @@ def run(*, rows: int = ROWS, days: int = DAYS, repeats: int = REPEATS, path: str
             backend.command(_generate_sql(rows, days))
             insert_s = time.perf_counter() - started
             rollup_rows = {
-                interval: int(backend.query_rows(f"SELECT count() AS n FROM requests_{interval}")[0]["n"])
+                table: int(backend.query_rows(f"SELECT count() AS n FROM {table}")[0]["n"])
                 for interval in ("5m", "1h", "1d")
+                for table in (f"requests_{interval}", f"requests_{interval}_keyless")
             }
             since, until = START, START + timedelta(days=days)
             results = {}

@@ -9,6 +9,7 @@ one cut short by a crash runs again on the next open: each is written to be safe
        back-filled once from the rows already stored
     3  insert deduplication on the request log and the rollups: a batch sent again with the
        same token (after a write whose answer was lost) is stored once
+    4  rollups without the key dimension (5 min, 1 h, 1 d), back-filled once, deduplicated as in 3
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
-from serve.metrics.rollups import RAW_TABLE, ROLLUPS, create_statements
+from serve.metrics.rollups import KEYLESS, RAW_TABLE, ROLLUPS, create_statements
 
 TABLE = RAW_TABLE
 MIGRATIONS_TABLE = "schema_migrations"
@@ -99,6 +100,11 @@ MIGRATIONS = [
     Migration(3, "insert deduplication", lambda: [
         f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
         for table in (TABLE, *(rollup.table for rollup in ROLLUPS.values()))
+    ]),
+    Migration(4, "rollups without the key", lambda: [
+        *(statement for rollup in KEYLESS.values() for statement in create_statements(rollup)),
+        *(f"ALTER TABLE {rollup.table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
+          for rollup in KEYLESS.values()),
     ]),
 ]  # fmt: skip
 

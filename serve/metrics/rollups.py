@@ -1,13 +1,16 @@
 """Rollups of the request log that ClickHouse maintains itself, and the queries they answer.
 
-Each interval has an ``AggregatingMergeTree`` table fed by a materialized view on every insert
+Each interval has two ``AggregatingMergeTree`` tables fed by materialized views on every insert
 into the raw ``requests`` table::
 
     INSERT ─► requests ──requests_5m_mv──► requests_5m   (5-minute buckets)
                        ──requests_1h_mv──► requests_1h   (hourly)
                        ──requests_1d_mv──► requests_1d   (daily, UTC)
+                       ──requests_{5m,1h,1d}_keyless_mv──► requests_{5m,1h,1d}_keyless
 
-A rollup row is one bucket of one (model, project, key, provider, deployment): counts and sums
+A rollup row is one bucket of one (model, project, key, provider, deployment), or of one (model,
+project, provider, deployment) in the keyless tables, which answer every query not grouped by
+key (keys are the most numerous dimension, so they are several times smaller): counts and sums
 as ``SimpleAggregateFunction(sum)``, latency and TTFT as t-digest quantile *states*, so a
 percentile over many buckets or groups merges the states (``quantilesTDigestIfMerge``) instead of
 averaging percentiles. Failed requests (status >= 400) count as requests and errors but stay out
@@ -20,7 +23,7 @@ buckets fit its time range.
 
 Example:
     >>> sql = timeseries_sql("requests", "1h", since_s=0, until_s=7200, group_by="model", project_id=None)
-    >>> "FROM requests_1h" in sql and "GROUP BY t, g" in sql and "groupArray" in sql
+    >>> "FROM requests_1h_keyless" in sql and "GROUP BY t, g" in sql and "groupArray" in sql
     True
 """
 
@@ -31,25 +34,33 @@ from dataclasses import dataclass
 RAW_TABLE = "requests"
 
 
+ALL_DIMENSIONS = ("model", "project_id", "key_id", "provider", "deployment")
+KEYLESS_DIMENSIONS = ("model", "project_id", "provider", "deployment")
+
+
 @dataclass(frozen=True, slots=True)
 class Rollup:
     interval: str  # as the API spells it
     step_s: int
     table: str
     bucket: str  # ClickHouse expression of a row's bucket start
+    dimensions: tuple[str, ...] = ALL_DIMENSIONS
 
     @property
     def view(self) -> str:
         return f"{self.table}_mv"
 
 
-ROLLUPS: dict[str, Rollup] = {
-    r.interval: r
-    for r in (
-        Rollup("5m", 300, "requests_5m", "toStartOfInterval(ts, INTERVAL 5 MINUTE)"),
-        Rollup("1h", 3600, "requests_1h", "toStartOfHour(ts)"),
-        Rollup("1d", 86400, "requests_1d", "toStartOfDay(ts)"),
-    )
+_BUCKETS = (
+    ("5m", 300, "toStartOfInterval(ts, INTERVAL 5 MINUTE)"),
+    ("1h", 3600, "toStartOfHour(ts)"),
+    ("1d", 86400, "toStartOfDay(ts)"),
+)
+ROLLUPS: dict[str, Rollup] = {i: Rollup(i, step, f"requests_{i}", bucket) for i, step, bucket in _BUCKETS}
+# The same without the key: keys are the most numerous dimension, so these tables are several times
+# smaller, and every query not grouped by key (percentile merges above all) reads them.
+KEYLESS: dict[str, Rollup] = {
+    i: Rollup(i, step, f"requests_{i}_keyless", bucket, KEYLESS_DIMENSIONS) for i, step, bucket in _BUCKETS
 }
 INTERVALS = tuple(ROLLUPS)
 
@@ -84,9 +95,13 @@ def create_statements(rollup: Rollup) -> list[str]:
     the back-fill, and the view is created last. The store runs this before it accepts inserts
     (one writer owns the store), so no row is counted twice or missed.
     """
+    dimensions = ", ".join(rollup.dimensions)
+    columns = "".join(
+        f"{name} {'String' if name in ('project_id', 'key_id') else 'LowCardinality(String)'},\n"
+        for name in rollup.dimensions
+    )
     select = f"""
-        SELECT toDateTime({rollup.bucket}, 'UTC') AS t,
-               model, project_id, key_id, provider, deployment,
+        SELECT toDateTime({rollup.bucket}, 'UTC') AS t, {dimensions},
                count() AS requests,
                countIf(status >= 400) AS errors,
                sum(toUInt64(prompt_tokens)) AS prompt_tokens,
@@ -95,17 +110,12 @@ def create_statements(rollup: Rollup) -> list[str]:
                quantilesTDigestIfState(0.5, 0.95)(latency_ms, status < 400) AS latency_ms,
                quantilesTDigestIfState(0.5, 0.95)(ttft_ms, status < 400) AS ttft_ms
         FROM {RAW_TABLE}
-        GROUP BY t, model, project_id, key_id, provider, deployment"""
+        GROUP BY t, {dimensions}"""
     return [
         f"DROP VIEW IF EXISTS {rollup.view}",
         f"""CREATE TABLE IF NOT EXISTS {rollup.table} (
             t DateTime('UTC'),
-            model LowCardinality(String),
-            project_id String,
-            key_id String,
-            provider LowCardinality(String),
-            deployment LowCardinality(String),
-            requests SimpleAggregateFunction(sum, UInt64),
+            {columns}            requests SimpleAggregateFunction(sum, UInt64),
             errors SimpleAggregateFunction(sum, UInt64),
             prompt_tokens SimpleAggregateFunction(sum, UInt64),
             completion_tokens SimpleAggregateFunction(sum, UInt64),
@@ -113,7 +123,7 @@ def create_statements(rollup: Rollup) -> list[str]:
             latency_ms AggregateFunction(quantilesTDigestIf(0.5, 0.95), Float64, UInt8),
             ttft_ms AggregateFunction(quantilesTDigestIf(0.5, 0.95), Nullable(Float64), UInt8)
         ) ENGINE = AggregatingMergeTree
-        ORDER BY (t, model, project_id, key_id, provider, deployment)""",
+        ORDER BY (t, {dimensions})""",
         f"TRUNCATE TABLE {rollup.table}",
         f"INSERT INTO {rollup.table} {select}",
         f"CREATE MATERIALIZED VIEW {rollup.view} TO {rollup.table} AS {select}",
@@ -128,12 +138,17 @@ def ceil_s(epoch_s: float, step_s: int) -> int:
     return -int(-epoch_s // step_s) * step_s
 
 
-def fitting_rollup(since_s: float, until_s: float) -> Rollup:
+def rollup_for(interval: str, group_by: str | None) -> Rollup:
+    """The rollup of ``interval`` that holds ``group_by``: the keyless one unless grouping by key."""
+    return (ROLLUPS if group_by == "key" else KEYLESS)[interval]
+
+
+def fitting_rollup(since_s: float, until_s: float, by: str | None = None) -> Rollup:
     """The coarsest rollup whose buckets start at ``since`` and end at ``until`` (5 min if none)."""
-    for rollup in sorted(ROLLUPS.values(), key=lambda r: -r.step_s):
-        if since_s % rollup.step_s == 0 and until_s % rollup.step_s == 0:
-            return rollup
-    return ROLLUPS["5m"]
+    for interval, step_s, _ in reversed(_BUCKETS):
+        if since_s % step_s == 0 and until_s % step_s == 0:
+            return rollup_for(interval, by)
+    return rollup_for("5m", by)
 
 
 def timeseries_sql(
@@ -142,7 +157,7 @@ def timeseries_sql(
     """One row per group with data: ``g`` (group), ``ts`` (bucket starts, epoch seconds) and
     ``vs`` (values; NaN, a percentile of nothing, as 0). Arrays, so a month of hourly points
     for fifty groups is fifty rows to decode, not 36,000."""
-    rollup = ROLLUPS[interval]
+    rollup = rollup_for(interval, group_by)
     group = DIMENSIONS[group_by] if group_by else "''"
     return f"""
         SELECT g, groupArray(t) AS ts, groupArray(v) AS vs FROM (

@@ -227,7 +227,7 @@ class MetricsStore:
         ``ValueError`` naming the argument that is out of range.
         """
         _check(metric=metric, interval=interval, group_by=group_by)
-        rollup = rollups.ROLLUPS[interval]
+        rollup = rollups.rollup_for(interval, group_by)
         since_s = rollups.floor_s(_epoch(since), rollup.step_s)
         until_s = rollups.ceil_s(_epoch(until), rollup.step_s)
         if until_s <= since_s:
@@ -272,7 +272,7 @@ class MetricsStore:
         _check(metric=metric, by=by)
         if not 1 <= limit <= 1000:
             raise ValueError("limit: must be between 1 and 1000")
-        rollup = rollups.fitting_rollup(_epoch(since), _epoch(until))
+        rollup = rollups.fitting_rollup(_epoch(since), _epoch(until), by)
         since_s = rollups.floor_s(_epoch(since), rollup.step_s)
         until_s = rollups.ceil_s(_epoch(until), rollup.step_s)
         if until_s <= since_s:

@@ -8,8 +8,10 @@ from benchmarks.bench_analytics import QUERIES, run
 
 def test_bench_analytics_answers(tmp_path) -> None:
     result = run(rows=20_000, days=30, repeats=1, path=str(tmp_path / "metrics"))
-    assert result["rows"] == 20_000 and set(result["rollup_rows"]) == {"5m", "1h", "1d"}
-    assert 0 < result["rollup_rows"]["1d"] < result["rollup_rows"]["1h"] <= result["rollup_rows"]["5m"]
+    counts = result["rollup_rows"]
+    assert result["rows"] == 20_000 and len(counts) == 6
+    assert 0 < counts["requests_1d"] < counts["requests_1h"] <= counts["requests_5m"]
+    assert 0 < counts["requests_1h_keyless"] < counts["requests_1h"]  # keys are the widest dimension
     assert set(result["queries"]) == {f"{metric}_by_{by}" for metric, by in QUERIES}
     by_model = result["queries"]["requests_by_model"]
     assert by_model["series"] == 5 and by_model["points"] == 5 * 30 * 24

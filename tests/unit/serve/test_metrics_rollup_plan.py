@@ -24,6 +24,8 @@ DAY = int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp())
 )
 def test_the_coarsest_rollup_that_fits(since, until, interval):
     assert rollups.fitting_rollup(since, until).interval == interval
+    assert rollups.fitting_rollup(since, until, "key").table == f"requests_{interval}"
+    assert rollups.fitting_rollup(since, until, "model").table == f"requests_{interval}_keyless"
 
 
 def test_ranges_round_to_whole_buckets():
@@ -38,6 +40,9 @@ def test_queries_read_rollups_only_and_quote_filters():
                                          project_id="p'1")  # fmt: skip
             assert f"FROM {rollups.ROLLUPS[interval].table}\n" in sql and "FROM requests\n" not in sql
             assert "project_id = 'p\\'1'" in sql
+            by_model = rollups.timeseries_sql(metric, interval, since_s=DAY, until_s=DAY + 86400, group_by="model",
+                                              project_id=None)  # fmt: skip
+            assert f"FROM {rollups.KEYLESS[interval].table}\n" in by_model
     assert "quantilesTDigestIfMerge(0.5, 0.95)(latency_ms)[2]" in rollups.METRICS["latency_p95"]
 
 
