@@ -69,7 +69,7 @@ class RunningStack:
         return self.proc.returncode
 
 
-def start_stack(home: Path, port: int, config: Path | None = None) -> RunningStack:
+def start_stack(home: Path, port: int, config: Path | None = None, timeout_s: float = START_TIMEOUT_S) -> RunningStack:
     log_path = home.parent / f"foundry-up-{port}.log"
     env = {**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
@@ -79,7 +79,7 @@ def start_stack(home: Path, port: int, config: Path | None = None) -> RunningSta
     log = open(log_path, "w")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = RunningStack(proc, home, port, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     while True:
         if proc.poll() is not None:
@@ -93,7 +93,7 @@ def start_stack(home: Path, port: int, config: Path | None = None) -> RunningSta
             pass
         if time.monotonic() > deadline:
             stack.stop()
-            raise AssertionError(f"foundry up was not ready after {START_TIMEOUT_S} s:\n{stack.log()}")
+            raise AssertionError(f"foundry up was not ready after {timeout_s} s:\n{stack.log()}")
         time.sleep(1)
 
 
