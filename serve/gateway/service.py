@@ -157,8 +157,9 @@ class GatewayService:
 
     async def metrics(self) -> Reply:
         """This replica's gateway metrics, then each local runtime's engine metrics (vLLM's)."""
-        runtimes = {id(s.provider): s.provider for r in self._router.routes.values() for rank in r.ranks for s in rank}
-        sources = [p.engine_metrics() for p in runtimes.values() if hasattr(p, "engine_metrics")]
+        slots = (s for r in self._router.routes.values() for rank in r.ranks for s in rank)
+        runtimes = {s.provider.runtime: s.provider for s in slots if hasattr(s.provider, "engine_metrics")}
+        sources = [p.engine_metrics() for p in runtimes.values()]
         parts = [self._telemetry.render(), *await asyncio.gather(*sources)]
         return Reply(200, body=b"".join(parts), headers={"content-type": self._telemetry.content_type})
 
