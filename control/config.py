@@ -151,6 +151,10 @@ def ray_environment(config: FoundryConfig, home: Path | None = None) -> dict[str
         # Ray starts workers at nice 15 (batch jobs yielding to the driver); here the workers
         # *are* the service.
         "RAY_worker_niceness": "0",
+        # Serve marks its proxy unhealthy after 3 missed checks of 5-10 s; on a small machine
+        # busy loading models, HAProxy's first start can take longer than that.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
     }
     if config.server.ingress == "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
