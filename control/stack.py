@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "foundry"
 READY_TIMEOUT_S = 300
-RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 @dataclass
@@ -171,10 +170,15 @@ class Stack:
     def _start_ray(self):
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.address:
-            # A head started with `ray start --head` has token auth on (Ray 2.60's default) and
-            # keeps its token in ~/.ray/auth_token; a driver sends it only in token mode.
-            if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or RAY_TOKEN_FILE.is_file()):
-                os.environ["RAY_AUTH_MODE"] = "token"
+            # A head with token auth on refuses a driver that sends no token, and Ray's driver
+            # sends one to an explicit address only in token mode. With a token at hand
+            # (~/.ray/auth_token, $RAY_AUTH_TOKEN) and no RAY_AUTH_MODE set, use token mode:
+            # Ray's own rule for an address it finds by itself.
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
             ctx = ray.init(address=self.address, namespace=NAMESPACE, runtime_env={"env_vars": env})
         else:
             for name, value in ray_environment(self.config, self.home).items():

@@ -9,13 +9,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from e2e_support import ADMIN_KEY, foundry_bin, free_port, start_stack
 
@@ -74,19 +77,24 @@ def test_up_refuses_a_port_held_by_something_else_and_names_it(tmp_path, config)
 
 
 def test_up_joins_a_cluster_started_with_ray_start(tmp_path, config):
-    """The README's "outgrowing one machine" path: a head with token auth, then --address."""
+    """The README's "outgrowing one machine" path: a head with token auth, then --address.
+    Without the head's token a driver cannot connect at all; `foundry up` sends it by itself."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
     gcs_port, http_port = free_port(), free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="fnd-ray-"))  # short: Ray's socket paths must fit 107 bytes
     # A HOME and a Ray temp dir of its own: the head's token and its "current cluster" record
     # stay out of every other test's way.
-    env = {**os.environ, "HOME": str(tmp_path / "user"), "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    env = {**os.environ, "HOME": str(tmp_path / "user")}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    head = subprocess.run(
+        [ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     try:
+        assert head.returncode == 0, head.stdout[-3000:] + head.stderr[-3000:]
         home = tmp_path / "home"
         log_path = tmp_path / "up.log"
         up_env = {**env, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
@@ -114,8 +122,21 @@ def test_up_joins_a_cluster_started_with_ray_start(tmp_path, config):
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_head(temp_dir: Path) -> None:
+    """The head's processes, found by the temp dir in their command lines (`ray stop` would stop
+    every Ray cluster of the machine)."""
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(temp_dir) in arg for arg in proc.info["cmdline"] or []):
+            procs.append(proc)
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    for proc in alive:
+        proc.kill()
