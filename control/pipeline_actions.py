@@ -16,6 +16,7 @@ which imports it before it starts. Importing registers both actions::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any, Literal
 
@@ -113,11 +114,13 @@ async def benchmark(ctx: ActionContext, params: dict) -> dict:
     except tune.TuneError as exc:
         raise ActionError(str(exc)) from None
     rows = tune.bench_rows(config, results)
-    stored = await _store_rows(rows) if params["store"] else 0
+    # keyed by run and step: a step re-run after a crash (it measures again) stores once
+    token = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()
+    stored = await _store_rows(rows, token) if params["store"] else 0
     return {"rows": rows, "stored": stored}
 
 
-async def _store_rows(rows: list[dict]) -> int:
+async def _store_rows(rows: list[dict], token: str) -> int:
     """Into the stack's metrics store (the actor ``foundry up`` started), when there is one."""
     import ray
 
@@ -129,7 +132,7 @@ async def _store_rows(rows: list[dict]) -> int:
         actor = ray.get_actor(ACTOR_NAME, namespace="foundry")
     except ValueError:
         return 0
-    return await asyncio.wait_for(MetricsClient(actor).insert_benchmarks(rows), METRICS_TIMEOUT_S)
+    return await asyncio.wait_for(MetricsClient(actor).insert_benchmarks(rows, token), METRICS_TIMEOUT_S)
 
 
 register_action("simulate", simulate, params=SimulateParams)

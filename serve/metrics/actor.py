@@ -55,8 +55,8 @@ class MetricsActor:
     async def top(self, metric: str, by: str, kwargs: dict) -> Ranking:
         return await self._store.top(metric, by, **kwargs)
 
-    async def insert_benchmarks(self, rows: list[dict]) -> int:
-        return await self._store.insert_benchmarks(rows)
+    async def insert_benchmarks(self, rows: list[dict], token: str | None = None) -> int:
+        return await self._store.insert_benchmarks(rows, token)
 
     async def benchmarks(self, model_path: str | None = None) -> list[dict]:
         return await self._store.benchmarks(model_path=model_path)
@@ -103,8 +103,9 @@ class MetricsClient:
         """:meth:`MetricsStore.top` in the actor (same arguments and errors)."""
         return await _bad_arguments_as_raised(self._actor.top.remote(metric, by, kwargs))
 
-    async def insert_benchmarks(self, rows: list[dict]) -> int:
-        return await asyncio.wait_for(self._actor.insert_benchmarks.remote(rows), CALL_TIMEOUT_S)
+    async def insert_benchmarks(self, rows: list[dict], token: str | None = None) -> int:
+        """Store benchmark rows; with ``token``, once however often the same token is sent."""
+        return await asyncio.wait_for(self._actor.insert_benchmarks.remote(rows, token), CALL_TIMEOUT_S)
 
     async def benchmarks(self, *, model_path: str | None = None) -> list[dict]:
         return await asyncio.wait_for(self._actor.benchmarks.remote(model_path), CALL_TIMEOUT_S)

@@ -9,6 +9,8 @@ one cut short by a crash runs again on the next open: each is written to be safe
        back-filled once from the rows already stored
     3  insert deduplication on the request log and the rollups: a batch sent again with the
        same token (after a write whose answer was lost) is stored once
+    4  rollups without the key column
+    5  insert deduplication on ``benchmarks`` (a pipeline step re-run after a crash stores once)
     4  rollups without the key dimension (5 min, 1 h, 1 d), back-filled once, deduplicated as in 3
 """
 
@@ -105,6 +107,9 @@ MIGRATIONS = [
         *(statement for rollup in KEYLESS.values() for statement in create_statements(rollup)),
         *(f"ALTER TABLE {rollup.table} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
           for rollup in KEYLESS.values()),
+    ]),
+    Migration(5, "benchmark insert deduplication", lambda: [
+        f"ALTER TABLE {BENCH_TABLE} MODIFY SETTING non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}",
     ]),
 ]  # fmt: skip
 

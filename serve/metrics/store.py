@@ -286,14 +286,15 @@ class MetricsStore:
         data = [(row["g"], number(row["v"])) for row in rows]
         return Ranking(metric, by, _utc(since_s), _utc(until_s), rollup.interval, data)
 
-    async def insert_benchmarks(self, rows: list[dict]) -> int:
-        """Store ``foundry bench`` rows (measured-data schema; other keys kept in ``extra``)."""
+    async def insert_benchmarks(self, rows: list[dict], token: str | None = None) -> int:
+        """Store ``foundry bench`` rows (measured-data schema; other keys kept in ``extra``).
+        With ``token``, a second insert with the same token stores nothing (a re-run step)."""
         if not rows:
             return 0
         now = _ts(datetime.now(timezone.utc))
         payload = b"\n".join(_encode_bench(row, now) for row in rows)
         async with self._lock:
-            await asyncio.to_thread(self._backend.insert_json_rows, BENCH_TABLE, payload)
+            await asyncio.to_thread(self._backend.insert_json_rows, BENCH_TABLE, payload, token)
         return len(rows)
 
     async def benchmarks(self, *, model_path: str | None = None) -> list[dict]:

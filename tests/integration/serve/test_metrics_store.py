@@ -143,6 +143,16 @@ async def test_a_batch_written_but_not_acknowledged_is_stored_once(store):
     assert sum(v for s in series.series for _, v in s.points) == 20  # and counted once in the rollups
 
 
+async def test_benchmark_rows_with_the_same_token_are_stored_once(store):
+    """A pipeline's benchmark step re-run after a crash measures again; its rows are kept once."""
+    row = {"id": "b1", "model_path": "m", "isl": 8, "osl": 4, "batch_size": 1, "tp_size": 1, "pp_size": 1,
+           "attention_dp_size": 1, "moe_tp_size": 1, "moe_ep_size": 1, "silicon_ttft_ms": 1.0, "silicon_tpot_ms": 1.0}
+    assert await store.insert_benchmarks([row, {**row, "id": "b2"}], token="run1-step1") == 2
+    await store.insert_benchmarks([{**row, "id": "b3"}], token="run1-step1")  # the re-run
+    await store.insert_benchmarks([{**row, "id": "b4"}], token="run1-step2")  # another step
+    assert sorted(r["id"] for r in await store.benchmarks(model_path="m")) == ["b1", "b2", "b4"]
+
+
 async def test_benchmark_rows_round_trip(store):
     row = {
         "id": "b1", "backend": "foundry", "backend_version": "0.1.0", "model_path": "foundry-tiny",
