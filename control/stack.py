@@ -141,13 +141,18 @@ class Stack:
         )
 
     def stop(self) -> None:
-        """Drain and stop. Replicas finish in-flight requests and flush their metrics before
-        Serve returns; then the metrics actor closes its store."""
+        """Drain and stop. The gateway goes first, while the ingress and the runtimes still run:
+        its replicas finish the requests in flight (streams included) and flush their metrics.
+        Then the rest of Serve, then the metrics actor closes its store."""
         if self._claimed:
             release(self.home)
         if not ray.is_initialized():
             return  # start() failed before Ray: nothing runs (and serve.shutdown would start Ray)
         try:
+            try:
+                serve.delete("gateway")  # blocks until its replicas have drained
+            except Exception as exc:  # not deployed (a failed start), or Serve already gone
+                log.warning("draining the gateway first failed: %s", exc)
             serve.shutdown()
         finally:
             if self._pipelines_actor is not None:
