@@ -53,7 +53,7 @@ from pipelines import templating
 from pipelines.actions import ActionContext, ActionRegistry, default_registry
 from pipelines.definition import PipelineDefinition, StepDefinition, check_definition, parse_definition, resolve_params
 from pipelines.errors import ActionError, Conflict, DefinitionError, ExecutorUnavailable, NotFound
-from pipelines.store import RUN_FINAL, RunStore
+from pipelines.store import RUN_FINAL, RunStore, sync_url
 
 __all__ = ["APPLICATION_VERSION", "PipelineEngine"]
 
@@ -139,7 +139,7 @@ class PipelineEngine:
             DBOS(
                 config={
                     "name": "foundry-pipelines",
-                    "system_database_url": _dbos_url(self.database_url),
+                    "system_database_url": sync_url(self.database_url),
                     "executor_id": self.executor_id,
                     "application_version": self.application_version,
                     "log_level": self._log_level,
@@ -598,12 +598,3 @@ def _prepare_sqlite(url: str) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
-
-
-def _dbos_url(url: str) -> str:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
-    if parsed.get_backend_name() == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r} (sqlite or postgresql)")

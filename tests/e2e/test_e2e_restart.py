@@ -22,6 +22,8 @@ import psutil
 import pytest
 from e2e_support import ADMIN_KEY, foundry_bin, free_port, start_stack
 
+from control.leftovers import port_holder
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # No runtimes: what is under test is the stack's start, not a model's.
@@ -62,7 +64,7 @@ def test_up_refuses_a_port_held_by_something_else_and_names_it(tmp_path, config)
         env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home"), "FOUNDRY_ADMIN_KEY": ADMIN_KEY}
         env.pop("RAY_ADDRESS", None)
         deadline = time.monotonic() + 20
-        while subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True, text=True).stdout.count("\n") < 2:
+        while port_holder("127.0.0.1", port) is None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         result = subprocess.run(

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 import typer
-import uvicorn
+from test_admin_cli import serving
 from typer.testing import CliRunner
 
 from control import login as oidc_login
@@ -53,32 +50,6 @@ def browser_signing_in_as(sub: str):
         httpx.get(answer.headers["location"], timeout=10)  # to the CLI's loopback server
 
     return open_browser
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """Serve ``app`` under /api from a background thread; yields the API's base URL."""
-
-    async def mounted(scope, receive, send):
-        if scope["type"] == "http":
-            scope = {**scope, "root_path": "/api"}
-        await app(scope, receive, send)
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(mounted, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)  # polling a condition, bounded by the deadline above
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/api"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 class Foundry:
