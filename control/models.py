@@ -1,5 +1,5 @@
-"""Tables of the control plane: projects, their API keys, users and their project roles, and
-the hash-chained audit log.
+"""Tables of the control plane: projects, their API keys, users and their project roles, the
+hash-chained audit log, and the deployment half: the model registry, clusters and deployments.
 
 The database stores only the SHA-256 of a key (:func:`serve.auth.hash_key`) and its display
 prefix; the secret is shown once, when the key is created. Timestamps are UTC and come back
@@ -19,10 +19,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -178,3 +180,90 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
     length: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class RegisteredModel(Base):
+    """A model in the registry: a local directory, the built-in model, or an outside provider's model.
+
+    ``architecture`` is what the optimizer needs to simulate it (layers, hidden size, heads, KV
+    heads, experts, dtype, parameter count, context length), read from its config.json.
+    """
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("mdl"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(String(1024))  # as given: a path, builtin:..., provider:model
+    kind: Mapped[str] = mapped_column(String(16))  # "local" | "builtin" | "provider"
+    path: Mapped[str | None] = mapped_column(String(1024))  # the model directory (local, builtin)
+    provider: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))  # a [models.X.providers.Y] table
+    architecture: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Cluster(Base):
+    """Where deployments run: the Ray cluster of the stack (``local``) or a Kubernetes cluster with
+    the KubeRay operator. ``kubeconfig`` is stored encrypted (:mod:`serve.secrets`), never returned."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("clu"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "local" | "kubernetes"
+    context: Mapped[str | None] = mapped_column(String(255))
+    namespace: Mapped[str | None] = mapped_column(String(63))
+    kubeconfig: Mapped[str | None] = mapped_column(String)  # encrypted
+    inventory: Mapped[dict] = mapped_column(JSON, default=dict)
+    operator: Mapped[bool | None] = mapped_column(Boolean)  # KubeRay's rayservices.ray.io CRD present
+    health: Mapped[str] = mapped_column(String(16), default="unknown")  # healthy | unhealthy | unknown
+    health_reason: Mapped[str | None] = mapped_column(String(1000))
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Deployment(Base):
+    """A model deployed on a cluster by the deployment pipeline, served by the gateway as ``name``.
+
+    Status: pending -> deploying -> running | failed; deleting -> deleted. ``endpoint`` says where
+    the gateway finds it (``{"runtime": app runtime name, "deployment": Serve deployment}`` on the
+    local cluster, ``{"base_url": ...}`` on Kubernetes); ``registered`` says the gateway routes it.
+    ``version`` is bumped on every change (optimistic locking, and the gateway's route source
+    watches max(updated_at)).
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        # one live deployment per served name; deleted ones keep their rows
+        Index("uq_deployments_live_name", "name", unique=True,
+              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+    )  # fmt: skip
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("dep"))
+    name: Mapped[str] = mapped_column(String(128))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id"), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    engine: Mapped[str] = mapped_column(String(8))  # "cpu" | "vllm"
+    request: Mapped[dict] = mapped_column(JSON, default=dict)  # SLOs, workload, given settings
+    config: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))  # the chosen configuration
+    predicted: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    measured: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    pricing: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))  # a [models.X.pricing] table
+    endpoint: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    registered: Mapped[bool] = mapped_column(Boolean, default=False)
+    pipeline_run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(4000))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    model: Mapped[RegisteredModel] = relationship()
+    cluster: Mapped[Cluster] = relationship()
