@@ -5,8 +5,9 @@ the stack joins an existing cluster) that owns the process's DBOS instance; cont
 reach it through :class:`PipelinesClient`. Ray restarts the actor if its process dies
 (``max_restarts=-1``); its first call then launches DBOS again, which resumes the executor's
 unfinished runs. ``plugins`` are modules imported in the actor before it starts, so packages
-this one may not import (the control plane's ``simulate``/``benchmark``, later the deployment
-actions) can register their actions there.
+this one may not import (the control plane's ``simulate``/``benchmark`` and deployment actions)
+can register their actions there. Given as a dict, each module's settings are passed to its
+``configure(**settings)`` (where its actions find the control database, say).
 
     control replica ──PipelinesClient──► PipelineExecutor (Ray actor) ──► PipelineEngine ──► DBOS
 """
@@ -31,9 +32,14 @@ START_TIMEOUT_S = 300.0
 
 @ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=-1, max_task_retries=0)
 class PipelineExecutor:
-    def __init__(self, database_url: str, executor_id: str, plugins: list[str] | tuple[str, ...] = ()) -> None:
-        for module in plugins:
-            importlib.import_module(module)
+    def __init__(
+        self, database_url: str, executor_id: str, plugins: list[str] | tuple[str, ...] | dict[str, dict] = ()
+    ) -> None:
+        settings = plugins if isinstance(plugins, dict) else dict.fromkeys(plugins, {})
+        for name, options in settings.items():
+            module = importlib.import_module(name)
+            if hasattr(module, "configure"):
+                module.configure(**options)
         self._engine = PipelineEngine(database_url, executor_id=executor_id)
         self._start_lock: asyncio.Lock | None = None
         self._started = False
