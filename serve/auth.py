@@ -54,6 +54,27 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberLimits:
+    """Limits of the key's owner in the key's project, shared by every key that owner holds there:
+    a member with a budget of $20 spends at most $20 however many keys it makes. They apply on top
+    of the key's own limits, so the tighter of the two admits a request.
+
+    ``id`` names the limiter's counters (``member:<id>:...``): the same for each of the owner's
+    keys in the project, never reused for another owner or project.
+    """
+
+    id: str  # "<project id>:<user id>"
+    label: str  # for messages: "member alice@example.com of project 'team-a'"
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: Budget | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.budget is not None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyInfo:
     """Everything the gateway needs to know about a key; the request path never asks the database.
 
@@ -72,6 +93,7 @@ class ApiKeyInfo:
     model_limits: tuple[ModelLimit, ...] = ()  # at most one per model
     budget: Budget | None = None  # the key's own budget
     project_budget: Budget | None = None  # shared by every key of the project
+    member: MemberLimits | None = None  # shared by every key of the owner in the project
 
     @property
     def limited(self) -> bool:
@@ -82,6 +104,7 @@ class ApiKeyInfo:
             or bool(self.model_limits)
             or self.budget is not None
             or self.project_budget is not None
+            or (self.member is not None and self.member.limited)
         )
 
     def model_limit(self, model: str) -> ModelLimit | None:

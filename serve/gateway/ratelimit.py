@@ -15,7 +15,10 @@ What a request counts against, for a key and a model:
   windows of 60 s. A request counts 1 against rpm from its admission, whatever happens to it.
   Against tpm it reserves its prompt estimate at admission; settlement replaces the reservation
   with the actual prompt + completion tokens, counted from the time of settlement.
-- token and USD budgets of the key and of its project, per calendar day or month (UTC).
+- ``rpm``/``tpm`` of the key's owner in the key's project (``ApiKeyInfo.member``): the same
+  windows, shared by every key the owner holds there.
+- token and USD budgets of the key, of its owner in the project (shared by the owner's keys
+  there) and of its project, per calendar day or month (UTC).
   Admission reserves the prompt estimate (and ``cost_estimate_usd``); settlement replaces it with
   actual usage, charged to the period the request was admitted in.
 
@@ -266,8 +269,16 @@ def _checks(key: ApiKeyInfo, model: str, tokens: int, usd: float, now: float) ->
             checks.append(_Check(Counter(f"key:{kid}:rpm:model:{model}", limit.rpm, 1, WINDOW_S), "requests", scope))
         if limit.tpm is not None:
             checks.append(_Check(Counter(f"key:{kid}:tpm:model:{model}", limit.tpm, tokens, WINDOW_S), "tokens", scope))
+    member = key.member
+    if member is not None:  # the owner's limits in the project, shared by all its keys there
+        if member.rpm is not None:
+            checks.append(_Check(Counter(f"member:{member.id}:rpm", member.rpm, 1, WINDOW_S), "requests", member.label))
+        if member.tpm is not None:
+            counter = Counter(f"member:{member.id}:tpm", member.tpm, tokens, WINDOW_S)
+            checks.append(_Check(counter, "tokens", member.label))
     for owner, budget, scope in (
         (f"key:{kid}", key.budget, f"API key {kid}"),
+        (f"member:{member.id}", member.budget, member.label) if member is not None else ("", None, ""),
         (f"project:{key.project_id}", key.project_budget, f"project '{key.project}'"),
     ):
         if budget is not None:

@@ -12,7 +12,7 @@ import uuid
 import orjson
 import pytest
 
-from serve.auth import ApiKeyInfo, Budget, ModelLimit
+from serve.auth import ApiKeyInfo, Budget, MemberLimits, ModelLimit
 from serve.gateway.errors import LimitsUnavailable, QuotaExceeded, RateLimited
 from serve.gateway.ratelimit import Counter, CounterState, Limiter, MemoryStore, Ticket, duration, period_bounds
 
@@ -180,3 +180,48 @@ def test_periods_are_utc_calendar_days_and_months(period, when, expected) -> Non
 )
 def test_reset_durations_read_like_openais(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+# --- a member's limits, shared by its keys ----------------------------------------------------
+
+
+def member_keys(n: int, **limits) -> list[ApiKeyInfo]:
+    """``n`` keys of one owner in one project, each with the owner's member limits."""
+    member = MemberLimits(id="proj_1:usr_1", label="member mira@example.com of project 'app'", **limits)
+    return [api_key(member=member) for _ in range(n)]
+
+
+async def test_a_members_budget_is_shared_by_its_keys() -> None:
+    limiter = Limiter(MemoryStore(), clock=Clock())
+    first, second = member_keys(2, budget=Budget(usd=1.0))
+    assert first.limited and first.key_id != second.key_id
+    await limiter.settle(await limiter.admit(first, "m", 10, 10), 10, 10, 0.6)
+    await limiter.settle(await limiter.admit(second, "m", 10, 10), 10, 10, 0.6)  # $0.6 < $1: admitted
+    for key in (first, second, *member_keys(1, budget=Budget(usd=1.0))):  # a third key does not help
+        with pytest.raises(QuotaExceeded) as quota:
+            await limiter.admit(key, "m", 10, 10)
+        body = orjson.loads(quota.value.body())["error"]
+        assert (quota.value.status_code, body["code"]) == (429, "insufficient_quota")
+        assert "member mira@example.com of project 'app'" in body["message"] and "$1.2000 of $1" in body["message"]
+    other = MemberLimits(id="proj_1:usr_2", label="member otto", budget=Budget(usd=1.0))
+    await limiter.admit(api_key(member=other), "m", 10, 10)  # another member's budget is its own
+
+
+async def test_the_tighter_of_key_and_member_rate_limits_admits() -> None:
+    limiter = Limiter(MemoryStore(), clock=Clock())
+    first, second = member_keys(2, rpm=5)
+    tight = ApiKeyInfo(**{**{f: getattr(first, f) for f in ("key_id", "project_id", "project", "member")}, "rpm": 2})
+    admitted, refused = await burst(limiter, tight, 4)
+    assert (len(admitted), len(refused)) == (2, 2)  # the key's own rpm 2 < the member's 5
+    assert "API key" in str(refused[0])
+    admitted, refused = await burst(limiter, second, 5)
+    assert (len(admitted), len(refused)) == (3, 2)  # the member's 5 per minute across both keys
+    assert isinstance(refused[0], RateLimited) and "member mira@example.com" in str(refused[0])
+
+
+async def test_members_without_limits_cost_no_store_round_trip() -> None:
+    store = BrokenStore()
+    [key] = member_keys(1)
+    assert not key.limited
+    await Limiter(store).admit(key, "m", 10, 10)
+    assert store.calls == 0
