@@ -13,6 +13,10 @@ Example::
     token = encrypt(public_pem, "sk-...")
     assert decrypt(token, private_pem=private_pem) == "sk-..."
 
+Values longer than RSA-OAEP holds (a kubeconfig) are sealed in an envelope: a fresh AES-256-GCM
+key encrypts the text and RSA-OAEP (the same scheme) encrypts that key. ``seal`` / ``unseal``;
+the stored form is ``env1:<base64 wrapped key>:<base64 nonce + ciphertext>``.
+
 Errors (messages name config keys, variables and paths; never a plaintext or key material)::
 
     SecretError               base
@@ -149,6 +153,44 @@ def resolve_api_key(cfg: CredentialConfig, *, where: str, environ: Mapping[str, 
         return value
     default_env: str | None = getattr(cfg, "default_api_key_env", None)
     return (environ.get(default_env) or None) if default_env else None
+
+
+ENVELOPE_PREFIX = "env1:"
+
+
+def seal(public_pem: str | bytes, plaintext: str) -> str:
+    """``plaintext`` of any length, for the holder of the private key (see the module docstring)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    data_key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(12)
+    body = AESGCM(data_key).encrypt(nonce, plaintext.encode(), None)
+    wrapped = encrypt(public_pem, data_key.hex())
+    return f"{ENVELOPE_PREFIX}{wrapped}:{base64.b64encode(nonce + body).decode()}"
+
+
+def unseal(sealed: str, *, private_pem: str | bytes | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The plaintext of a :func:`seal` envelope (:class:`DecryptionFailed` if it is not one)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    parts = sealed.split(":")
+    if len(parts) != 3 or f"{parts[0]}:" != ENVELOPE_PREFIX:
+        raise DecryptionFailed("not a sealed value (expected env1:<key>:<data>)")
+    try:
+        data_key = bytes.fromhex(decrypt(parts[1], private_pem=private_pem, environ=environ))
+        blob = base64.b64decode(parts[2], validate=True)
+        return AESGCM(data_key).decrypt(blob[:12], blob[12:], None).decode()
+    except (ValueError, binascii.Error, InvalidTag, UnicodeDecodeError):
+        raise DecryptionFailed("the sealed value is corrupted or was sealed for another key") from None
+
+
+def public_key_of(private_pem: str | bytes) -> str:
+    """The PEM public key of a private key."""
+    key = _parse_private_key(private_pem, "the private key")
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 def _env_private_key(environ: Mapping[str, str]) -> tuple[rsa.RSAPrivateKey, str]:

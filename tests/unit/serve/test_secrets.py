@@ -175,3 +175,32 @@ def test_the_process_environment_is_the_default(keys, monkeypatch, tmp_path: Pat
     monkeypatch.setenv("FOUNDRY_RSA_PRIVATE_KEY_PATH", str(path))
     cfg = OpenAIProvider(type="openai", api_key_encrypted=encrypt(keys[1], PLAINTEXT))
     assert resolve_api_key(cfg, where=WHERE) == PLAINTEXT
+
+
+def test_seal_holds_text_longer_than_rsa_oaep_and_round_trips() -> None:
+    from serve.secrets import public_key_of, seal, unseal
+
+    private_pem, public_pem = generate_keypair(2048)
+    kubeconfig = "apiVersion: v1\nusers:\n- name: u\n  user: {token: " + "t" * 5000 + "}\n"
+    sealed = seal(public_pem, kubeconfig)
+    assert "t" * 20 not in sealed
+    assert unseal(sealed, private_pem=private_pem) == kubeconfig
+    assert public_key_of(private_pem) == public_pem
+
+
+def test_unseal_refuses_another_key_and_tampering_without_echoing_the_value() -> None:
+    from serve.secrets import seal, unseal
+
+    private_pem, public_pem = generate_keypair(2048)
+    other_private, _ = generate_keypair(2048)
+    sealed = seal(public_pem, "secret-token-123")
+    with pytest.raises(DecryptionFailed) as wrong:
+        unseal(sealed, private_pem=other_private)
+    head, key, body = sealed.split(":")
+    tampered = f"{head}:{key}:{body[:-4]}AAAA"
+    with pytest.raises(DecryptionFailed) as bad:
+        unseal(tampered, private_pem=private_pem)
+    for exc in (wrong.value, bad.value):
+        assert "secret-token-123" not in str(exc)
+    with pytest.raises(DecryptionFailed, match="not a sealed value"):
+        unseal("plain", private_pem=private_pem)
