@@ -168,12 +168,13 @@ def admit_as(
     walker = _Walker(errors)
     admitted = walker.visit(copy.deepcopy(obj), _top_level_schema(resource), "", old)
     name = _name_of(admitted if isinstance(admitted, dict) else obj)
-    if not errors:
+    if isinstance(admitted, dict):
         if admitted.get("apiVersion") != resource.api_version:
             errors.append(FieldError("apiVersion", f"Unsupported value: {_show(admitted.get('apiVersion'))}"))
         if admitted.get("kind") != resource.kind:
             errors.append(FieldError("kind", f"Unsupported value: {_show(admitted.get('kind'))}"))
-        _check_object_meta(admitted.get("metadata") or {}, "metadata", errors, top_level=True)
+        meta = admitted.get("metadata")
+        _check_object_meta(meta if isinstance(meta, dict) else {}, "metadata", errors, top_level=True)
     if not errors and operator_rules:
         _operator_rules(resource.kind, admitted, errors)
     if errors:
