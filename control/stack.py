@@ -34,6 +34,7 @@ from control.config import FoundryConfig, ray_environment
 from control.db import migrate
 from control.deployment import build_control
 from control.keys import DatabaseKeySource, bootstrap_admin
+from control.routes import DatabaseRouteSource
 from control.leftovers import claim, release
 from pipelines.actor import ACTOR_NAME as PIPELINES_ACTOR
 from pipelines.actor import PipelineExecutor, PipelinesClient
@@ -117,6 +118,7 @@ class Stack:
                 models=dict(self.config.models),
                 runtime_deployments=runtime_deployments,
                 key_source=DatabaseKeySource(db_url),
+                route_source=DatabaseRouteSource(db_url),  # deployments registered while the stack runs
                 metrics=metrics,
                 settings=self.config.gateway,
                 metrics_settings=self.config.metrics,

@@ -287,6 +287,9 @@ class GatewayConfig(_Strict):
     num_cpus: PositiveFloat = 0.2
     max_ongoing_requests: PositiveInt = 256
     key_refresh_s: PositiveFloat = 2.0
+    routes_refresh_s: PositiveFloat = Field(
+        default=1.0, description="how often each replica checks for models registered or removed at run time"
+    )
     breaker_failures: PositiveInt = Field(default=5, description="consecutive failures that open a provider's circuit")
     breaker_cooldown_s: PositiveFloat = Field(default=30.0, description="how long an open circuit skips the provider")
 

@@ -5,13 +5,15 @@ Mounted by Ray Serve under ``/v1``, so the routes here are ``/chat/completions``
 Example::
 
     app = build_gateway(models=cfg.models, runtimes=..., key_source=..., metrics=...,
-                        settings=cfg.gateway, metrics_settings=cfg.metrics)
+                        settings=cfg.gateway, metrics_settings=cfg.metrics,
+                        route_source=...)      # optional: models registered at run time
     serve.run(app, name="gateway", route_prefix="/v1")
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from functools import partial
 
 import ray
 from fastapi import FastAPI, Request
@@ -27,6 +29,8 @@ from serve.gateway.errors import PayloadTooLarge, error_body
 from serve.gateway.keycache import KeyCache
 from serve.gateway.openapi import describe
 from serve.gateway.ratelimit import build_limiter
+from serve.gateway.routesource import RouteSource
+from serve.gateway.routetable import RouteTable
 from serve.gateway.routing import ModelRoute, Router, Slot
 from serve.gateway.service import GatewayService, Reply
 from serve.gateway.telemetry import Telemetry
@@ -45,13 +49,22 @@ def create_app(
     settings: GatewayConfig,
     metrics_settings: MetricsConfig,
     limits: LimitsConfig = LimitsConfig(),
+    route_source: RouteSource | None = None,
 ) -> FastAPI:
     """The gateway's FastAPI app. ``runtime_deployments`` maps runtime name → Serve deployment
-    name; resources (handles, key cache, recorder) are created in the lifespan, in the replica."""
+    name; resources (handles, key cache, recorder) are created in the lifespan, in the replica.
+    ``route_source`` adds models registered at run time to the ``models`` of the file."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        routes = build_routes(models, runtime_deployments, settings)
+        routes = RouteTable(
+            Router({}),
+            static=build_routes(models, runtime_deployments, settings),
+            source=route_source,
+            build=partial(build_route, settings=settings),
+            refresh_s=settings.routes_refresh_s,
+        )
+        await routes.start()
         keys = KeyCache(key_source, refresh_s=settings.key_refresh_s)
         await keys.start()
         recorder = MetricsRecorder(
@@ -60,7 +73,7 @@ def create_app(
         limiter = build_limiter(limits)
         await limiter.start()
         service = GatewayService(
-            router=Router(routes), keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry(cluster=ray.is_initialized())
+            routes=routes, keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry(cluster=ray.is_initialized())
         )
         app.state.gateway = service
         try:
@@ -70,10 +83,7 @@ def create_app(
             await limiter.close()
             await recorder.close()  # nothing recorded is lost on shutdown
             await keys.close()
-            for route in routes.values():
-                for rank in route.ranks:
-                    for slot in rank:
-                        await slot.provider.close()
+            await routes.close()
 
     app = FastAPI(
         title="Foundry gateway",
@@ -160,20 +170,25 @@ def build_routes(
     models: dict[str, ModelConfig], runtime_deployments: dict[str, str], settings: GatewayConfig
 ) -> dict[str, ModelRoute]:
     """Providers (one pooled client each), weights and breakers for every configured model."""
-    routes = {}
-    for model_name, model in models.items():
-        slots = {
-            pname: Slot(
-                model=model_name,
-                provider=build_provider(model_name, pname, p, runtime_deployments),
-                weight=p.weight,
-                breaker=CircuitBreaker(failure_threshold=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s),
-            )
-            for pname, p in model.providers.items()
-        }
-        ranks = [[slots[name] for name in rank] for rank in model.ranks()]
-        routes[model_name] = ModelRoute(name=model_name, ranks=ranks, config=model)
-    return routes
+    return {name: build_route(name, model, runtime_deployments, settings=settings) for name, model in models.items()}
+
+
+def build_route(
+    model_name: str, model: ModelConfig, runtime_deployments: dict[str, str], *, settings: GatewayConfig
+) -> ModelRoute:
+    """One model's route: a provider (one pooled client) per providers table, weights, breakers."""
+    slots = {
+        pname: Slot(
+            model=model_name,
+            provider=build_provider(model_name, pname, p, runtime_deployments),
+            weight=p.weight,
+            breaker=CircuitBreaker(failure_threshold=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s),
+            pricing=model.pricing,
+        )
+        for pname, p in model.providers.items()
+    }
+    ranks = [[slots[name] for name in rank] for rank in model.ranks()]
+    return ModelRoute(name=model_name, ranks=ranks, config=model)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from serve.config import ModelConfig
+from serve.config import ModelConfig, PricingConfig
 from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
 from serve.providers.base import Provider
@@ -50,6 +50,7 @@ class Slot:
     provider: Provider
     weight: float = 1.0
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    pricing: PricingConfig = PricingConfig()  # of ``model``: what the request's cost is
     not_before: float = 0.0  # monotonic time before which Retry-After forbids another attempt
 
 
@@ -68,6 +69,7 @@ class Outcome:
     provider: str = ""
     model_served: str = ""
     fallback_used: bool = False
+    pricing: PricingConfig | None = None  # of the model that answered
     upstream_s: float = 0.0  # time spent waiting on providers (the rest is gateway overhead)
 
 
@@ -81,6 +83,10 @@ class Opened:
 
 
 class Router:
+    """Runs a request on a route. ``routes`` is the one dict the request path reads: replaced
+    whole, never edited in place (:class:`~serve.gateway.routetable.RouteTable`), so a request
+    keeps the route and providers it started with; fallback models are looked up in it."""
+
     def __init__(
         self,
         routes: dict[str, ModelRoute],
@@ -100,26 +106,24 @@ class Router:
             raise ModelNotFound(model)
         return route
 
-    def candidates(self, model: str) -> list[Slot]:
+    def candidates(self, route: ModelRoute) -> list[Slot]:
         out: list[Slot] = []
         seen: set[str] = set()
+        routes = self.routes
 
-        def visit(name: str) -> None:
-            if name in seen or name not in self.routes:
-                return
-            seen.add(name)
-            route = self.routes[name]
+        def visit(route: ModelRoute) -> None:
+            seen.add(route.name)
             for rank in route.ranks:
                 out.extend(self._weighted_order(rank))
             for fallback in route.config.fallback_models:
-                visit(fallback)
+                if fallback not in seen and (other := routes.get(fallback)) is not None:
+                    visit(other)
 
-        visit(model)
+        visit(route)
         return out
 
-    async def open_stream(self, model: str, request: GenerateRequest, outcome: Outcome) -> Opened:
+    async def open_stream(self, route: ModelRoute, request: GenerateRequest, outcome: Outcome) -> Opened:
         """The first candidate that produces a first delta; its stream continues in ``rest``."""
-        route = self.route(model)
         gap_s = route.config.timeouts.total_ms / 1000
 
         async def attempt(slot: Slot, deadline: float) -> Opened:
@@ -127,11 +131,10 @@ class Router:
             first = await self._first(slot, gen, route, deadline)
             return Opened(slot, first, _gap_limited(gen, gap_s, slot.provider.name))
 
-        return await self._run(model, route, attempt, outcome)
+        return await self._run(route, attempt, outcome)
 
-    async def complete(self, model: str, request: GenerateRequest, outcome: Outcome) -> tuple[Slot, list[TokenDelta]]:
+    async def complete(self, route: ModelRoute, request: GenerateRequest, outcome: Outcome) -> tuple[Slot, list[TokenDelta]]:
         """The whole generation from the first candidate that completes it."""
-        route = self.route(model)
 
         async def attempt(slot: Slot, deadline: float) -> tuple[Slot, list[TokenDelta]]:
             gen = slot.provider.generate(request)
@@ -146,10 +149,9 @@ class Router:
                 await gen.aclose()
             return slot, deltas
 
-        return await self._run(model, route, attempt, outcome)
+        return await self._run(route, attempt, outcome)
 
-    async def embed(self, model: str, texts: list[str], outcome: Outcome):
-        route = self.route(model)
+    async def embed(self, route: ModelRoute, texts: list[str], outcome: Outcome):
 
         async def attempt(slot: Slot, deadline: float):
             try:
@@ -158,14 +160,15 @@ class Router:
             except TimeoutError:
                 raise UpstreamTimeout(slot.provider.name, "no answer within total_ms") from None
 
-        return await self._run(model, route, attempt, outcome)
+        return await self._run(route, attempt, outcome)
 
     # --- the loop ----------------------------------------------------------------------------
 
-    async def _run(self, model: str, route: ModelRoute, attempt, outcome: Outcome):
+    async def _run(self, route: ModelRoute, attempt, outcome: Outcome):
+        model = route.name
         retries = route.config.retries
         deadline = self._clock() + route.config.timeouts.total_ms / 1000
-        candidates = self.candidates(model)
+        candidates = self.candidates(route)
         last: ProviderError | None = None
         for round_no in range(retries.num_retries + 1):
             tried = False
@@ -196,6 +199,7 @@ class Router:
                 outcome.provider = slot.provider.name
                 outcome.model_served = slot.model
                 outcome.fallback_used = slot.model != model
+                outcome.pricing = slot.pricing
                 return result
             if round_no == retries.num_retries or (not tried and last is None):
                 break  # out of rounds, or every circuit is open and nothing was tried: fail fast

@@ -22,7 +22,8 @@ from serve.gateway import wire
 from serve.gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from serve.gateway.keycache import KeyCache
 from serve.gateway.ratelimit import Limiter, Ticket
-from serve.gateway.routing import ModelRoute, Opened, Outcome, Router, as_gateway_error
+from serve.gateway.routetable import RouteTable
+from serve.gateway.routing import ModelRoute, Opened, Outcome, as_gateway_error
 from serve.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -52,7 +53,7 @@ class Reply:
 class _Tracker:
     """Timing, tokens and routing outcome of one request; becomes its metrics row."""
 
-    __slots__ = ("rec", "t0", "outcome", "headers", "ticket", "raw")
+    __slots__ = ("rec", "t0", "outcome", "headers", "ticket", "raw", "route")
 
     def __init__(self, endpoint: str, request_id: str, raw: bytes | None) -> None:
         self.t0 = time.perf_counter()
@@ -60,6 +61,7 @@ class _Tracker:
         self.headers = {"x-request-id": request_id}
         self.ticket: Ticket | None = None
         self.raw = raw  # to name the model in the record of a body that did not validate
+        self.route: ModelRoute | None = None  # the request's route, kept even if it is removed meanwhile
         self.rec = RequestRecord(
             request_id=request_id, ts=datetime.now(timezone.utc), endpoint=endpoint, model="", status=200
         )
@@ -94,9 +96,10 @@ class _Tracker:
 
 class GatewayService:
     def __init__(
-        self, *, router: Router, keys: KeyCache, limiter: Limiter, recorder: MetricsRecorder, telemetry: Telemetry
+        self, *, routes: RouteTable, keys: KeyCache, limiter: Limiter, recorder: MetricsRecorder, telemetry: Telemetry
     ) -> None:
-        self._router = router
+        self._routes = routes
+        self._router = routes.router
         self._keys = keys
         self._limiter = limiter
         self._recorder = recorder
@@ -119,9 +122,9 @@ class GatewayService:
             track.key(key)
             body = parse_body(raw, EmbeddingRequest)
             track.rec.model = body.model
-            route = self._check_model(body.model, key)
+            route = await self._check_model(track, body.model, key)
             await self._admit(track, key, route, sum(len(t) for t in body.texts) // 4 + 1, None)
-            _, result = await self._router.embed(body.model, body.texts, track.outcome)
+            _, result = await self._router.embed(route, body.texts, track.outcome)
             track.routed()
             track.first_token()
             track.tokens(result.prompt_tokens, 0)
@@ -173,12 +176,12 @@ class GatewayService:
             track.key(key)
             body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             track.rec.model = body.model
-            route = self._check_model(body.model, key)
+            route = await self._check_model(track, body.model, key)
             track.rec.streamed = bool(body.stream)
             await self._admit(track, key, route, _prompt_estimate(body, chat), body.token_limit)
             request = _generate_request(track.rec.request_id, body, chat)
             if body.stream:
-                opened = await self._router.open_stream(body.model, request, track.outcome)
+                opened = await self._router.open_stream(route, request, track.outcome)
                 track.routed()
                 track.first_token()
                 writer = wire.ChunkWriter(
@@ -188,7 +191,7 @@ class GatewayService:
                 track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
                 streaming = True
                 return Reply(200, stream=self._stream(track, writer, opened), headers=track.headers)
-            _, deltas = await self._router.complete(body.model, request, track.outcome)
+            _, deltas = await self._router.complete(route, request, track.outcome)
             track.routed()
             track.first_token()
             last = deltas[-1]
@@ -247,8 +250,13 @@ class GatewayService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _check_model(self, model: str, key: ApiKeyInfo) -> ModelRoute:
-        route = self._router.route(model)  # 404 for an unknown model
+    async def _check_model(self, track: _Tracker, model: str, key: ApiKeyInfo) -> ModelRoute:
+        """The model's route (the one dict lookup of the request path), kept on ``track``; an
+        unknown name refreshes the routes once (just registered?), then 404."""
+        route = self._router.routes.get(model)
+        if route is None:
+            route = await self._routes.find(model)
+        track.route = route
         if key.models is not None and model not in key.models:
             raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
         return route
@@ -298,14 +306,13 @@ class GatewayService:
         if not rec.model and track.raw:
             rec.model = model_name_hint(track.raw)  # parsed again only for rejected requests
         rec.latency_ms = (time.perf_counter() - track.t0) * 1000
-        route = self._router.routes.get(track.outcome.model_served or rec.model)
-        if route is not None:
-            pricing = route.config.pricing
+        pricing = track.outcome.pricing or (track.route.config.pricing if track.route is not None else None)
+        if pricing is not None:
             rec.cost_usd = (rec.prompt_tokens * pricing.input_per_1m + rec.completion_tokens * pricing.output_per_1m) / 1e6
         self._settle(track)
         self._recorder.record(rec)
         self._telemetry.observe(
-            model=rec.model if rec.model in self._router.routes else "unknown",
+            model=rec.model if track.route is not None or rec.model in self._router.routes else "unknown",
             provider=rec.provider or "none",
             status=rec.status,
             latency_s=rec.latency_ms / 1000,

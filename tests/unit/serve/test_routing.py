@@ -97,14 +97,14 @@ async def test_order_is_routing_then_fallback_models_cycle_safe():
     main = route("main", {"a": a, "b": b}, routing=["b", "a"], fallback_models=["small"])
     small = route("small", {"c": c}, fallback_models=["main"])  # a cycle back to main
     r = router(main, small)
-    assert [s.provider.name for s in r.candidates("main")] == ["b", "a", "c"]
-    assert [s.provider.name for s in r.candidates("small")] == ["c", "b", "a"]
+    assert [s.provider.name for s in r.candidates(r.route("main"))] == ["b", "a", "c"]
+    assert [s.provider.name for s in r.candidates(r.route("small"))] == ["c", "b", "a"]
 
 
 async def test_weights_spread_load_within_a_rank():
     a, b = ScriptedProvider("a"), ScriptedProvider("b")
     r = router(route("m", {"a": a, "b": b}, routing=[["a", "b"]], weights={"a": 3.0, "b": 1.0}), seed=1)
-    firsts = Counter(r.candidates("m")[0].provider.name for _ in range(4000))
+    firsts = Counter(r.candidates(r.route("m"))[0].provider.name for _ in range(4000))
     assert firsts["a"] / 4000 == pytest.approx(0.75, abs=0.03)
 
 
@@ -113,7 +113,7 @@ async def test_retryable_failure_falls_through_to_the_backup():
     backup = ScriptedProvider("backup")
     r = router(route("m", {"primary": primary, "backup": backup}))
     outcome = Outcome()
-    slot, deltas = await r.complete("m", REQ, outcome)
+    slot, deltas = await r.complete(r.route("m"), REQ, outcome)
     assert slot.provider is backup and "".join(d.text for d in deltas) == "backup!"
     assert outcome.attempts == 2 and outcome.provider == "backup" and not outcome.fallback_used
 
@@ -124,7 +124,7 @@ async def test_fallback_model_is_recorded():
         route("f", {"b": ScriptedProvider("b")}),
     )
     outcome = Outcome()
-    await r.complete("m", REQ, outcome)
+    await r.complete(r.route("m"), REQ, outcome)
     assert outcome.fallback_used and outcome.model_served == "f"
 
 
@@ -134,7 +134,7 @@ async def test_other_4xx_are_never_retried(status):
     backup = ScriptedProvider("backup")
     r = router(route("m", {"primary": primary, "backup": backup}))
     with pytest.raises(GatewayError) as exc:
-        await r.complete("m", REQ, Outcome())
+        await r.complete(r.route("m"), REQ, Outcome())
     assert backup.calls == 0 and primary.calls == 1
     if status in (400, 422):
         assert isinstance(exc.value, InvalidRequest)
@@ -147,7 +147,7 @@ async def test_retries_back_off_with_jitter_capped():
     p = ScriptedProvider("p", [err(500), err(502)])  # below the breaker's threshold of 3
     r = router(route("m", {"p": p}, clock=clock, retries={"num_retries": 3, "base_delay_s": 1.0, "max_delay_s": 1.5}), clock=clock)
     outcome = Outcome()
-    await r.complete("m", REQ, outcome)
+    await r.complete(r.route("m"), REQ, outcome)
     assert outcome.attempts == 3
     assert len(clock.sleeps) == 2
     assert all(0 <= s <= 1.5 for s in clock.sleeps)
@@ -158,7 +158,7 @@ async def test_retry_after_is_honoured():
     clock = FakeClock()
     p = ScriptedProvider("p", [err(429, retry_after=2.0)])
     r = router(route("m", {"p": p}, clock=clock, retries={"num_retries": 1, "max_delay_s": 4.0}), clock=clock)
-    await r.complete("m", REQ, Outcome())
+    await r.complete(r.route("m"), REQ, Outcome())
     assert clock.sleeps and clock.sleeps[0] >= 2.0
 
 
@@ -167,7 +167,7 @@ async def test_retry_after_beyond_the_cap_gives_the_429_back():
     p = ScriptedProvider("p", [err(429, retry_after=30.0)])
     r = router(route("m", {"p": p}, clock=clock, retries={"num_retries": 2, "max_delay_s": 4.0}), clock=clock)
     with pytest.raises(GatewayError) as exc:
-        await r.complete("m", REQ, Outcome())
+        await r.complete(r.route("m"), REQ, Outcome())
     assert exc.value.status_code == 429 and exc.value.retry_after_s == 30.0
     assert p.calls == 1 and clock.sleeps == []
 
@@ -178,13 +178,13 @@ async def test_breaker_opens_fails_fast_and_recovers_through_a_probe():
     r = router(route("m", {"p": p}, clock=clock, retries={"num_retries": 0}), clock=clock)
     for _ in range(3):
         with pytest.raises(ProviderUnavailable):
-            await r.complete("m", REQ, Outcome())
+            await r.complete(r.route("m"), REQ, Outcome())
     calls = p.calls
     with pytest.raises(ProviderUnavailable) as exc:  # open: not even tried
-        await r.complete("m", REQ, Outcome())
+        await r.complete(r.route("m"), REQ, Outcome())
     assert p.calls == calls and exc.value.code == "circuit_open" and exc.value.retry_after_s > 0
     clock.now += 10  # cooldown over: the next request probes and succeeds
-    await r.complete("m", REQ, Outcome())
+    await r.complete(r.route("m"), REQ, Outcome())
     assert r.routes["m"].ranks[0][0].breaker.state == "closed"
 
 
@@ -194,7 +194,7 @@ async def test_open_breaker_sends_traffic_to_the_backup_without_trying_primary()
     backup = ScriptedProvider("backup")
     r = router(route("m", {"primary": primary, "backup": backup}, clock=clock), clock=clock)
     for _ in range(10):
-        await r.complete("m", REQ, Outcome())
+        await r.complete(r.route("m"), REQ, Outcome())
     assert primary.calls == 3  # threshold, then skipped
     assert backup.calls == 10
 
@@ -203,14 +203,14 @@ async def test_ttft_timeout_moves_to_the_next_provider():
     slow = ScriptedProvider("slow", [("slow", 5.0)])
     fast = ScriptedProvider("fast")
     r = router(route("m", {"slow": slow, "fast": fast}, timeouts={"ttft_ms": 50}))
-    opened = await r.open_stream("m", REQ, Outcome())
+    opened = await r.open_stream(r.route("m"), REQ, Outcome())
     assert opened.slot.provider is fast
 
 
 async def test_stall_after_the_first_delta_fails_the_stream():
     p = ScriptedProvider("p", [("stall", 5.0)])
     r = router(route("m", {"p": p}, timeouts={"total_ms": 100}))
-    opened = await r.open_stream("m", REQ, Outcome())
+    opened = await r.open_stream(r.route("m"), REQ, Outcome())
     with pytest.raises(UpstreamTimeout):
         async for _ in opened.rest:
             pass
@@ -220,7 +220,7 @@ async def test_non_streamed_request_survives_a_mid_generation_drop():
     flaky = ScriptedProvider("flaky", [("drop", 0)])
     backup = ScriptedProvider("backup")
     r = router(route("m", {"flaky": flaky, "backup": backup}))
-    slot, _ = await r.complete("m", REQ, Outcome())
+    slot, _ = await r.complete(r.route("m"), REQ, Outcome())
     assert slot.provider is backup
 
 
@@ -228,5 +228,5 @@ async def test_embeddings_use_the_same_chain():
     a = ScriptedProvider("a", [err(500)])
     b = ScriptedProvider("b")
     r = router(route("m", {"a": a, "b": b}))
-    slot, result = await r.embed("m", ["x"], Outcome())
+    slot, result = await r.embed(r.route("m"), ["x"], Outcome())
     assert slot.provider is b and result.vectors == [[1.0]]
