@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control import analytics, pipelines_api, predict_api
+from control import analytics, clusters_api, deployments_api, pipelines_api, predict_api
 from control import audit as audit_log
 from control import keys, projects, users
 from control.audit import Audit
@@ -117,9 +117,19 @@ class Page(BaseModel, Generic[T]):
 OIDC_TIMEOUT_S = 10.0
 
 
-def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipelines: Any = None) -> FastAPI:
+def create_app(
+    *,
+    database_url: str,
+    usage: UsageSource,
+    auth: Any = None,
+    pipelines: Any = None,
+    home: str | None = None,
+    static_models: Any = (),
+) -> FastAPI:
     """The control API over the database at ``database_url`` and the metrics in ``usage``;
-    ``auth`` (a :class:`control.config.AuthConfig`) also accepts the issuer's OIDC tokens."""
+    ``auth`` (a :class:`control.config.AuthConfig`) also accepts the issuer's OIDC tokens.
+    ``home`` (``FOUNDRY_HOME``) and ``static_models`` (the names the config file serves) are
+    what deployments need: where models live, and names a deployment may not take."""
     parse_url(database_url, is_async=True)  # a bad URL fails now, not at the first request
 
     @asynccontextmanager
@@ -144,6 +154,8 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
     )
     app.state.usage = usage
     app.state.pipelines = pipelines  # a control.pipelines_api.PipelinesService, or None: 503 on /pipelines
+    app.state.home = home
+    app.state.static_models = set(static_models)
     app.state.authenticate = _authenticate
     app.add_middleware(_RequestId)
     app.add_exception_handler(ControlError, _control_error)
@@ -157,6 +169,9 @@ def create_app(*, database_url: str, usage: UsageSource, auth: Any = None, pipel
     app.include_router(pipelines_api.router(), dependencies=[authorize("cluster:manage"), Depends(_audit_writes)])
     # optimizer predictions with the active predictor version: anyone who may view models
     app.include_router(predict_api.router, dependencies=[authorize("model:view")])
+    # clusters (admins) and deployments (per project); each route says its permission, audited
+    app.include_router(clusters_api.router(Session, _audit))
+    app.include_router(deployments_api.router(Session, _audit))
     _document_errors(app)
     return app
 
