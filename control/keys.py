@@ -12,6 +12,7 @@ Example::
         created = await create_key(session, KeyCreate(project="my-app", rpm=60, budget_usd=20))
         print(created.key)          # shown once
         await update_key(session, created.id, KeyUpdate(model_limits={"chat-main": {"rpm": 10}}))
+        await regenerate_key(session, created.id)   # a new secret; same id, limits and spend
         await revoke_key(session, created.id)
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -29,7 +30,7 @@ from control.errors import AuthenticationFailed, BootstrapError, Conflict, Inval
 from control.models import ApiKey, Project, ProjectMember, User, utcnow
 from control.projects import ensure_project, find_project
 from control.schemas import KeyCreate, KeyCreated, KeyPublic, KeyUpdate, RateLimits
-from serve.auth import ApiKeyInfo, Budget, ModelLimit, display_prefix, hash_key, new_key
+from serve.auth import ApiKeyInfo, Budget, MemberLimits, ModelLimit, display_prefix, hash_key, new_key
 
 ADMIN_PROJECT = "admin"
 DEFAULT_PROJECT = "default"
@@ -135,6 +136,25 @@ async def revoke_key(session: AsyncSession, key_id: str, *, audit: Audit | None 
     return public_key(key)
 
 
+async def regenerate_key(session: AsyncSession, key_id: str, *, audit: Audit | None = None) -> KeyCreated:
+    """A new secret for the same key: the old secret stops working (gateways within their refresh
+    interval) and everything else stays, the id included, so the key's spending so far keeps
+    counting against its budget (budgets are counted by key id, not by secret). The result holds
+    the new secret, shown once. :class:`NotFound` if unknown, :class:`Conflict` if revoked."""
+    key = await get_key(session, key_id)
+    if key.revoked_at is not None:
+        raise Conflict(f"API key {key_id!r} has been revoked; create a new key", param="key_id", code="key_revoked")
+    secret = new_key()
+    old_prefix = key.prefix
+    key.key_hash, key.prefix = hash_key(secret), display_prefix(secret)
+    key.updated_at = utcnow()
+    if audit is not None:
+        changes = {"prefix": {"from": old_prefix, "to": key.prefix}}
+        await audit.append(session, "key.regenerate", f"key:{key.id}", project_id=key.project_id, changes=changes)
+    await session.commit()
+    return KeyCreated(**public_key(key).model_dump(), key=secret)
+
+
 async def authenticate(session: AsyncSession, secret: str) -> ApiKey:
     """The active key whose secret is ``secret``; :class:`AuthenticationFailed` otherwise."""
     key = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
@@ -210,18 +230,25 @@ class DatabaseKeySource:
         """Every key not revoked, by hash; expired ones too, with ``expires_at`` for the gateway.
         A key with an owner counts only while the owner is active and still a member of the
         key's project (or an admin): removing a member stops its keys here, at no cost on the
-        request path."""
-        member = exists().where(ProjectMember.user_id == User.id, ProjectMember.project_id == ApiKey.project_id)
-        owner_allowed = User.is_active.is_(True) & (User.is_admin.is_(True) | User.idp_admin.is_(True) | member)
+        request path. The owner's member limits there come with each key
+        (:class:`serve.auth.MemberLimits`), so the gateway enforces them with no query either."""
+        owner_allowed = User.is_active.is_(True) & (
+            User.is_admin.is_(True) | User.idp_admin.is_(True) | ProjectMember.user_id.is_not(None)
+        )
         query = (
-            select(ApiKey, Project)
+            select(ApiKey, Project, User, ProjectMember)
             .join(Project, ApiKey.project_id == Project.id)
             .outerjoin(User, ApiKey.owner_id == User.id)
+            .outerjoin(
+                ProjectMember,
+                (ProjectMember.user_id == ApiKey.owner_id) & (ProjectMember.project_id == ApiKey.project_id),
+            )
             .where(ApiKey.revoked_at.is_(None), or_(ApiKey.owner_id.is_(None), owner_allowed))
         )
         async with AsyncSession(self._engine_()) as session:
             rows = (await session.execute(query)).all()
-        return {key.key_hash: _info(key, project) for key, project in rows}
+        return {key.key_hash: _info(key, project, _member_limits(project, owner, member))
+                for key, project, owner, member in rows}  # fmt: skip
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -234,7 +261,21 @@ class DatabaseKeySource:
         return self._engine
 
 
-def _info(key: ApiKey, project: Project) -> ApiKeyInfo:
+def _member_limits(project: Project, owner: User | None, member: ProjectMember | None) -> MemberLimits | None:
+    """The owner's limits in the key's project, if it has any there."""
+    if owner is None or member is None:
+        return None
+    limits = MemberLimits(
+        id=f"{member.project_id}:{member.user_id}",
+        label=f"member {owner.email or owner.sub or owner.id} of project '{project.name}'",
+        rpm=member.rpm,
+        tpm=member.tpm,
+        budget=_budget(member),
+    )
+    return limits if limits.limited else None
+
+
+def _info(key: ApiKey, project: Project, member: MemberLimits | None = None) -> ApiKeyInfo:
     return ApiKeyInfo(
         key_id=key.id,
         project_id=key.project_id,
@@ -250,10 +291,11 @@ def _info(key: ApiKey, project: Project) -> ApiKeyInfo:
         ),
         budget=_budget(key),
         project_budget=_budget(project),
+        member=member,
     )
 
 
-def _budget(row: ApiKey | Project) -> Budget | None:
+def _budget(row: ApiKey | Project | ProjectMember) -> Budget | None:
     if row.budget_tokens is None and row.budget_usd is None:
         return None
     return Budget(tokens=row.budget_tokens, usd=row.budget_usd, period=row.budget_period)  # type: ignore[arg-type]

@@ -276,9 +276,28 @@ class Me(BaseModel):
     permissions: list[str]
 
 
-class MemberCreate(_Request):
+class _MemberLimits(_Budget):
+    """A member's limits in the project, shared by every key it owns there; each key's own limits
+    apply as well, so the tighter one admits a request."""
+
+    rpm: Limit | None = Field(default=None, description="requests per minute across the member's keys")
+    tpm: Limit | None = Field(default=None, description="tokens per minute across the member's keys")
+
+
+MEMBER_LIMIT_FIELDS = ("rpm", "tpm", "budget_tokens", "budget_usd", "budget_period")
+
+
+class MemberCreate(_Request, _MemberLimits):
+    """A role, and optionally limits (omitted ones stay as they are for an existing member)."""
+
     user: UserRef = Field(description="the user's email or OIDC sub; an unknown email is created ahead")
     role: RoleName
+
+
+class MemberUpdate(_Request, _MemberLimits):
+    """Only the fields given change; ``null`` removes a limit or budget."""
+
+    role: RoleName | None = None
 
 
 class MemberPublic(_Response):
@@ -287,6 +306,11 @@ class MemberPublic(_Response):
     email: str | None
     sub: str | None
     role: RoleName
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
     created_at: datetime
 
 

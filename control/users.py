@@ -196,10 +196,12 @@ async def list_members(session: AsyncSession, project: Project) -> list[MemberPu
 
 
 async def set_member(
-    session: AsyncSession, project: Project, user_ref: str, role: Role, *, audit: audit_log.Audit
+    session: AsyncSession, project: Project, user_ref: str, role: Role, *, audit: audit_log.Audit,
+    limits: dict[str, Any] | None = None,
 ) -> tuple[MemberPublic, bool]:
     """Give ``user_ref`` (email or sub; an unknown email is created ahead) ``role`` in
-    ``project``; returns the membership and whether it is new."""
+    ``project``, and the member ``limits`` given (of :data:`control.schemas.MEMBER_LIMIT_FIELDS`;
+    the others stay); returns the membership and whether it is new."""
     user = await find_user(session, user_ref)
     if user is None:
         if "@" not in user_ref:
@@ -211,33 +213,64 @@ async def set_member(
         await audit.append(session, "user.create", f"user:{user.id}", changes={"email": user.email, "is_admin": False})
     member = await session.get(ProjectMember, (project.id, user.id))
     created = member is None
+    limits = limits or {}
     if member is None:
-        member = ProjectMember(project_id=project.id, user_id=user.id, role=role.value, created_at=utcnow())
+        member = ProjectMember(project_id=project.id, user_id=user.id, role=role.value, created_at=utcnow(), **limits)
         session.add(member)
-        await audit.append(
-            session, "member.add", f"user:{user.id}", project_id=project.id, changes={"role": role.value}
-        )
-    elif member.role != role.value:
-        await audit.append(
-            session, "member.update", f"user:{user.id}", project_id=project.id,
-            changes={"role": {"from": member.role, "to": role.value}},
-        )
-        member.role = role.value
-        await _touch_keys(session, ApiKey.owner_id == user.id, ApiKey.project_id == project.id)
+        changes = {"role": role.value} | {f: v for f, v in limits.items() if v is not None}
+        await audit.append(session, "member.add", f"user:{user.id}", project_id=project.id, changes=changes)
+    else:
+        await _change_member(session, project, member, {"role": role.value, **limits}, audit=audit)
     await session.commit()
     return _member(project, member, user), created
 
 
+async def update_member(
+    session: AsyncSession, project: Project, user_ref: str, changes: dict[str, Any], *, audit: audit_log.Audit
+) -> MemberPublic:
+    """Change a member's role and/or limits (``changes``: the fields to set, None clears a
+    limit); :class:`NotFound` if ``user_ref`` (id, email or sub) is not a member."""
+    user, member = await _membership(session, project, user_ref)
+    await _change_member(session, project, member, changes, audit=audit)
+    await session.commit()
+    return _member(project, member, user)
+
+
+async def _change_member(
+    session: AsyncSession, project: Project, member: ProjectMember, changes: dict[str, Any], *, audit: audit_log.Audit
+) -> None:
+    """Apply the fields of ``changes`` that differ, audit them as ``{"from", "to"}`` and make the
+    gateways reload the member's keys there (its role bounds them; its limits apply to them)."""
+    if changes.get("role") is not None:
+        changes = changes | {"role": Role(changes["role"]).value}
+    elif "role" in changes:
+        raise InvalidRequest("role cannot be null", param="role")
+    diff = {f: {"from": getattr(member, f), "to": v} for f, v in changes.items() if getattr(member, f) != v}
+    if not diff:
+        return
+    for field, change in diff.items():
+        setattr(member, field, change["to"])
+    await audit.append(session, "member.update", f"user:{member.user_id}", project_id=project.id, changes=diff)
+    await _touch_keys(session, ApiKey.owner_id == member.user_id, ApiKey.project_id == project.id)
+
+
 async def remove_member(session: AsyncSession, project: Project, user_ref: str, *, audit: audit_log.Audit) -> None:
     """Remove ``user_ref`` (id, email or sub) from ``project``; its keys there stop working."""
-    user = await find_user(session, user_ref)
-    member = await session.get(ProjectMember, (project.id, user.id)) if user is not None else None
-    if member is None or user is None:
-        raise NotFound(f"{user_ref!r} is not a member of project {project.name!r}", param="user", code="member_not_found")
+    user, member = await _membership(session, project, user_ref)
     await session.delete(member)
     await _touch_keys(session, ApiKey.owner_id == user.id, ApiKey.project_id == project.id)
     await audit.append(session, "member.remove", f"user:{user.id}", project_id=project.id, changes={"role": member.role})
     await session.commit()
+
+
+async def _membership(session: AsyncSession, project: Project, user_ref: str) -> tuple[User, ProjectMember]:
+    user = await find_user(session, user_ref)
+    member = await session.get(ProjectMember, (project.id, user.id)) if user is not None else None
+    if member is None or user is None:
+        raise NotFound(
+            f"{user_ref!r} is not a member of project {project.name!r}", param="user", code="member_not_found"
+        )
+    return user, member
 
 
 async def projects_of(session: AsyncSession, caller: Caller, user: User | None) -> list[dict]:
@@ -256,5 +289,6 @@ async def _touch_keys(session: AsyncSession, *where) -> None:
 def _member(project: Project, member: ProjectMember, user: User) -> MemberPublic:
     return MemberPublic(
         project_id=project.id, user_id=user.id, email=user.email, sub=user.sub, role=member.role,
-        created_at=member.created_at,
+        rpm=member.rpm, tpm=member.tpm, budget_tokens=member.budget_tokens, budget_usd=member.budget_usd,
+        budget_period=member.budget_period, created_at=member.created_at,
     )

@@ -11,6 +11,7 @@ Example::
     foundry keys create --project my-app --models foundry-tiny --rpm 60
     foundry keys create --project my-app --model-limit chat-main:30:50000 --budget-usd 20 --budget-period day
     foundry keys update key_0123456789ab --tpm 100000 --clear rpm
+    foundry keys regenerate key_0123456789ab      # a new secret; same id, limits and spend
     foundry projects create team-a --budget-tokens 10000000
     foundry keys list --project my-app
     foundry usage --since 2025-01-01T00:00:00
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
     keys.command("create")(keys_create)
     keys.command("list")(keys_list)
     keys.command("update")(keys_update)
+    keys.command("regenerate")(keys_regenerate)
     keys.command("revoke")(keys_revoke)
     projects = typer.Typer(help="List, create and update projects.", no_args_is_help=True)
     projects.command("list")(projects_list)
@@ -230,6 +232,24 @@ def keys_update(
         _print_json(key)
         return
     typer.echo(f"updated key {key['id']} ({key['prefix']}…) of project {key['project']}: {_limits(key)}")
+
+
+def keys_regenerate(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `foundry keys list` shows it.")],
+    as_json: JsonOption = False,
+    api: ApiUrlOption = DEFAULT_API,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Give a key a new secret, printed once; the old one stops working within seconds. The id,
+    limits and budget stay, and so does what the key has spent this period."""
+    key = _Client(api, api_key).call("POST", f"/keys/{key_id}/regenerate")
+    if as_json:
+        _print_json(key)
+        return
+    typer.echo(
+        f"regenerated key {key['id']} of project {key['project']}: {key['key']}\n"
+        "store this secret now: it is not shown again; the old one no longer works"
+    )
 
 
 def keys_revoke(

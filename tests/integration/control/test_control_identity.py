@@ -288,10 +288,12 @@ SAMPLES: dict[tuple[str, str], Callable[..., Any]] = {
     ("POST", "/projects/{name_or_id}/members"): lambda t, who, held: (
         "POST", "/projects/alpha/members", {"user": f"{_unique('a')}@example.com", "role": "viewer"}, True),
     ("DELETE", "/projects/{name_or_id}/members/{user}"): "member",
+    ("PATCH", "/projects/{name_or_id}/members/{user}"): "member-patch",
     ("GET", "/keys"): lambda t, who, held: ("GET", "/keys", None, False),
     ("POST", "/keys"): lambda t, who, held: ("POST", "/keys", {"project": "alpha"}, True),
     ("PATCH", "/keys/{key_id}"): "key-patch",
     ("DELETE", "/keys/{key_id}"): "key-delete",
+    ("POST", "/keys/{key_id}/regenerate"): "key-regenerate",
     ("GET", "/usage"): lambda t, who, held: ("GET", "/usage?project=alpha", None, True),
     ("POST", "/benchmarks"): lambda t, who, held: ("POST", "/benchmarks", {"rows": []}, False),
     ("GET", "/benchmarks"): lambda t, who, held: ("GET", "/benchmarks", None, False),
@@ -305,6 +307,10 @@ async def _request(team: Team, route: tuple[str, str], who: str, held: bool) -> 
         return ("PATCH", f"/users/{await _user_id(team)}", {"is_active": True}, False)
     if sample == "member":
         return ("DELETE", f"/projects/alpha/members/{await _removable_member(team)}", None, True)
+    if sample == "member-patch":
+        return ("PATCH", f"/projects/alpha/members/{await _removable_member(team)}", {"rpm": 5}, True)
+    if sample == "key-regenerate":
+        return ("POST", f"/keys/{await _key_of(team, who, held)}/regenerate", None, True)
     if sample == "key-patch":
         return ("PATCH", f"/keys/{await _key_of(team, who, held)}", {"rpm": 5}, True)
     if sample == "key-delete":
