@@ -67,8 +67,10 @@ from control.schemas import (
     ErrorResponse,
     Health,
     Me,
+    MEMBER_LIMIT_FIELDS,
     MemberCreate,
     MemberPublic,
+    MemberUpdate,
     KeyCreate,
     KeyCreated,
     KeyPublic,
@@ -394,9 +396,25 @@ def _routes() -> APIRouter:
         """Give a user (email or OIDC sub) a role in the project: 201 if new, 200 if the role
         changed or stayed. An unknown email is created ahead, matched on first sign-in."""
         project = await _project(session, access, name_or_id, param="name_or_id")
-        member, created = await users.set_member(session, project, body.user, users.Role(body.role), audit=_audit(access))
+        limits = body.model_dump(include=body.model_fields_set & set(MEMBER_LIMIT_FIELDS))
+        member, created = await users.set_member(
+            session, project, body.user, users.Role(body.role), audit=_audit(access), limits=limits
+        )
         response.status_code = 201 if created else 200
         return member
+
+    @api.patch("/projects/{name_or_id}/members/{user}", response_model=MemberPublic, tags=["projects"])
+    async def update_member(
+        name_or_id: Annotated[Ref, Path(description="project name or id")],
+        user: Annotated[UserRef, Path(description="the user's id, email or OIDC sub")],
+        body: MemberUpdate, session: Session, access: Annotated[Access, authorize("project:manage")],
+    ) -> MemberPublic:
+        """Change a member's role or limits; only the fields sent change, `null` removes a limit.
+        The limits (rpm, tpm, a token and/or USD budget) are shared by every key the member owns
+        in the project, on top of each key's own; gateways apply them within seconds."""
+        project = await _project(session, access, name_or_id, param="name_or_id")
+        changes = body.model_dump(include=body.model_fields_set)
+        return await users.update_member(session, project, user, changes, audit=_audit(access))
 
     @api.delete("/projects/{name_or_id}/members/{user}", status_code=204, tags=["projects"])
     async def remove_member(
@@ -439,6 +457,16 @@ def _routes() -> APIRouter:
         refresh interval."""
         await _key(session, access, key_id)
         return await keys.update_key(session, key_id, body, audit=_audit(access))
+
+    @api.post("/keys/{key_id}/regenerate", response_model=KeyCreated, tags=["keys"], responses=conflict)
+    async def regenerate_key(
+        key_id: Annotated[Ref, Path()], session: Session, access: Annotated[Access, authorize("key:manage")]
+    ) -> KeyCreated:
+        """A new secret for the key (`key`, shown only this once); the old one stops working
+        within the gateways' refresh interval. The id, limits and budget stay, and so does what
+        the key has spent this period. A revoked key cannot be regenerated (409)."""
+        await _key(session, access, key_id)
+        return await keys.regenerate_key(session, key_id, audit=_audit(access))
 
     @api.delete("/keys/{key_id}", response_model=KeyPublic, tags=["keys"])
     async def revoke_key(
