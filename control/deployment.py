@@ -18,10 +18,15 @@ def build_control(
     num_cpus: float,
     auth: AuthConfig | None = None,
     pipelines: PipelinesClient | None = None,
+    home: str | None = None,
+    static_models: list[str] | tuple[str, ...] = (),
 ) -> Application:
     # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
     def app():
-        return create_app(database_url=database_url, usage=metrics, auth=auth, pipelines=pipelines)
+        return create_app(
+            database_url=database_url, usage=metrics, auth=auth, pipelines=pipelines, home=home,
+            static_models=static_models,
+        )  # fmt: skip
 
     @serve.deployment(
         name="ControlAPI",

@@ -214,3 +214,53 @@ async def _model(session: AsyncSession, ref: str) -> RegisteredModel:
     if model is None:
         raise NotFound(f"no model {ref!r} in the registry (foundry models add ...)", param="model", code="model_not_found")
     return model
+
+
+# --- what foundry up needs ------------------------------------------------------------------
+
+SERVICE_KEY_NAME = "foundry-deployments"
+
+
+async def service_key(database_url: str) -> str:
+    """A fresh gateway key for the deployment pipelines (checking registration, benchmarking),
+    made at every start; the previous ones are revoked. Only its hash is stored."""
+    from sqlalchemy import update
+
+    from control.db import create_engine, create_sessionmaker
+    from control.keys import ADMIN_PROJECT, create_key
+    from control.models import ApiKey
+    from control.schemas import KeyCreate
+
+    engine = create_engine(database_url, serialize_writes=True, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.name == SERVICE_KEY_NAME, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow(), updated_at=utcnow())
+            )  # fmt: skip
+            await session.commit()
+            created = await create_key(session, KeyCreate(project=ADMIN_PROJECT, name=SERVICE_KEY_NAME))
+            return created.key
+    finally:
+        await engine.dispose()
+
+
+async def restorable(database_url: str) -> list[tuple[str, str, dict]]:
+    """``(deployment id, name, runtime table)`` of the live local deployments whose application
+    was created (deploying or running): a new stack starts them again with its own applications
+    (Ray and Serve went with the old one), and resumed pipelines find them there."""
+    from control.db import create_engine, create_sessionmaker
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = await session.execute(
+                select(Deployment.id, Deployment.name, Deployment.config)
+                .join(Cluster, Cluster.id == Deployment.cluster_id)
+                .where(Cluster.kind == "local", Deployment.deleted_at.is_(None),
+                       Deployment.status.in_(("deploying", "running")), Deployment.endpoint.is_not(None))
+            )  # fmt: skip
+            return [(r.id, r.name, (r.config or {}).get("runtime", {})) for r in rows]
+    finally:
+        await engine.dispose()

@@ -181,7 +181,7 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
         updated = dep
         updated.config = config  # what the target applies; committed only once applied
         try:
-            await target.apply(spec_of(updated))
+            await target.apply(spec_of(updated), update=True)
         except TargetError as exc:
             await session.rollback()
             raise ControlError(f"scaling failed: {exc.message}", code="scale_failed") from None

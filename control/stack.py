@@ -33,8 +33,11 @@ from ray import serve
 from control.config import FoundryConfig, ray_environment
 from control.db import migrate
 from control.deployment import build_control
+from control.deployments import restorable, service_key
 from control.keys import DatabaseKeySource, bootstrap_admin
 from control.routes import DatabaseRouteSource
+from control.targets import DeploySpec
+from control.targets.local import runtime_config
 from control.leftovers import claim, release
 from pipelines.actor import ACTOR_NAME as PIPELINES_ACTOR
 from pipelines.actor import PipelineExecutor, PipelinesClient
@@ -90,10 +93,19 @@ class Stack:
         admin_key = asyncio.run(bootstrap_admin(db_url, os.environ.get("FOUNDRY_ADMIN_KEY") or None))
         if any(rt.model == "builtin:foundry-tiny" for rt in self.config.runtimes.values()):
             ensure_tiny_model(self.home)  # once, here, rather than racing in replicas
+        ensure_keypair(self.home)  # seals kubeconfigs of registered clusters
+        host = "127.0.0.1" if self.config.server.host in ("0.0.0.0", "::") else self.config.server.host
+        base = f"http://{host}:{self.port}"
+        deploy_settings = {
+            "database_url": db_url, "home": str(self.home), "gateway_url": f"{base}/v1",
+            "api_key": asyncio.run(service_key(db_url)),
+        }  # fmt: skip
+        restored = asyncio.run(restorable(db_url))
 
         ctx = self._start_ray()
         metrics = self._start_metrics()
-        pipelines = self._start_pipelines()
+        # Its DBOS starts (and resumes unfinished runs) once the applications below run.
+        pipelines = self._start_pipelines(deploy_settings)
         serve.start(http_options={"host": self.config.server.host, "port": self.port})
 
         runtime_deployments = {name: deployment_name(rt) for name, rt in self.config.runtimes.items()}
@@ -101,11 +113,21 @@ class Stack:
             serve.RunTarget(build_runtime(name, rt, self.home), name=runtime_app_name(name), route_prefix=None)
             for name, rt in self.config.runtimes.items()
         ]
+        # Deployments this home made on its local cluster went with the old Ray: start them again
+        # (their pipelines, if unfinished, resume and find them).
+        for dep_id, dep_name, table in restored:
+            spec = DeploySpec(deployment_id=dep_id, name=dep_name, runtime=table)
+            runtime = runtime_config(table)
+            if runtime.model == "builtin:foundry-tiny":
+                ensure_tiny_model(self.home)
+            app = build_runtime(spec.runtime_name, runtime, self.home)
+            targets.append(serve.RunTarget(app, name=runtime_app_name(spec.runtime_name), route_prefix=None))
         targets.append(
             serve.RunTarget(
                 build_control(
                     database_url=db_url, metrics=metrics, num_cpus=self.config.control.num_cpus,
-                    auth=self.config.auth, pipelines=pipelines,
+                    auth=self.config.auth, pipelines=pipelines, home=str(self.home),
+                    static_models=list(self.config.models),
                 ),
                 name="control",
                 route_prefix="/api",
@@ -127,9 +149,8 @@ class Stack:
             name="gateway",
             route_prefix="/v1",
         )
+        ray.get(self._pipelines_actor.ready.remote(), timeout=READY_TIMEOUT_S)
 
-        host = "127.0.0.1" if self.config.server.host in ("0.0.0.0", "::") else self.config.server.host
-        base = f"http://{host}:{self.port}"
         dashboard = getattr(ctx, "dashboard_url", None)
         return StackInfo(
             gateway_url=f"{base}/v1",
@@ -176,6 +197,8 @@ class Stack:
 
     def _start_ray(self):
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # the key pair that seals kubeconfigs (ensure_keypair), for the control replicas and the executor
+        env.update({k: os.environ[k] for k in ("FOUNDRY_RSA_PRIVATE_KEY", "FOUNDRY_RSA_PRIVATE_KEY_PATH") if os.environ.get(k)})
         if self.address:
             # A head with token auth on refuses a driver that sends no token, and Ray's driver
             # sends one to an explicit address only in token mode. With a token at hand
@@ -214,17 +237,19 @@ class Stack:
     def pipelines_database_url(self) -> str:
         return self.config.pipelines.database_url or f"sqlite:///{self.home / 'pipelines.db'}"
 
-    def _start_pipelines(self) -> PipelinesClient:
+    def _start_pipelines(self, deploy_settings: dict) -> PipelinesClient:
         """The pipeline executor: one Ray actor owning DBOS. Its executor id stays the same across
-        restarts of this home, so a new stack resumes the runs a killed one left unfinished."""
+        restarts of this home, so a new stack resumes the runs a killed one left unfinished.
+        ``start`` waits for it to be ready after the Serve applications run: resumed deployment
+        steps expect the applications the stack restores."""
         executor_id = self.config.pipelines.executor_id or pipelines_executor_id(self.home)
         options: dict = {"name": PIPELINES_ACTOR, "namespace": NAMESPACE}
         if not self._started_ray:  # a joined cluster: the executor outlives this driver if it dies
             options.update(lifetime="detached", get_if_exists=True)
         self._pipelines_actor = PipelineExecutor.options(**options).remote(
-            self.pipelines_database_url, executor_id, ["control.pipeline_actions"]
+            self.pipelines_database_url, executor_id,
+            {"control.pipeline_actions": {}, "control.deploy_actions": deploy_settings},
         )
-        ray.get(self._pipelines_actor.ready.remote(), timeout=READY_TIMEOUT_S)
         return PipelinesClient(self._pipelines_actor)
 
     def _serves(self, model: str) -> str:
@@ -234,6 +259,23 @@ class Stack:
                 rt = self.config.runtimes[p.runtime or model]
                 tasks.add("embeddings" if rt.task == "embed" else "chat, completions")
         return ", ".join(sorted(tasks)) or "chat, completions"
+
+
+def ensure_keypair(home: Path) -> None:
+    """The stack's RSA key pair (sealing kubeconfigs): ``$FOUNDRY_RSA_PRIVATE_KEY[_PATH]`` if set,
+    else ``<home>/rsa_private.pem``, made once (mode 0600) and named in the environment, which
+    Ray passes on to the control replicas and the pipeline executor."""
+    from serve.secrets import PRIVATE_KEY_ENV, PRIVATE_KEY_PATH_ENV, generate_keypair
+
+    if os.environ.get(PRIVATE_KEY_ENV) or os.environ.get(PRIVATE_KEY_PATH_ENV):
+        return
+    path = home / "rsa_private.pem"
+    if not path.exists():
+        private_pem, _ = generate_keypair()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(private_pem)
+    os.environ[PRIVATE_KEY_PATH_ENV] = str(path)
 
 
 def pipelines_executor_id(home: Path) -> str:

@@ -2,9 +2,9 @@
 
 ``apply`` starts ``runtime-dep-<id>`` (no route prefix: the gateway reaches it by handle, like the
 runtimes of the config file) without touching the stack's other applications, and returns the
-gateway's provider table for it. Applying again with the same runtime is a no-op for Serve; a
-changed one (replicas) updates it in place. Health: the application is RUNNING and its runtime
-answers a one-token probe.
+gateway's provider table for it. Applying again finds it there and leaves it (a step re-run
+after a crash, or an application the stack restored); ``update=True`` (scaling) changes it in
+place. Health: the application is RUNNING and its runtime answers a one-token probe.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class LocalTarget:
 
         return runtime_app_name(spec.runtime_name)
 
-    async def apply(self, spec: DeploySpec) -> dict[str, Any]:
+    async def apply(self, spec: DeploySpec, *, update: bool = False) -> dict[str, Any]:
+        """Start the application unless it runs already (a step re-run after a crash, or one the
+        stack restored); ``update`` applies a changed runtime (scaling) to a running one."""
         from ray import serve
 
         from serve.runtimes.deployment import build_runtime, deployment_name
@@ -54,6 +56,8 @@ class LocalTarget:
             await asyncio.to_thread(ensure_tiny_model, self.home)
 
         def run() -> None:
+            if not update and serve.status().applications.get(self.app_name(spec)) is not None:
+                return  # already there: Serve would roll its replicas for nothing
             app = build_runtime(spec.runtime_name, config, self.home)
             target = serve.RunTarget(app, name=self.app_name(spec), route_prefix=None)
             serve.run_many([target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
