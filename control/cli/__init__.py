@@ -5,7 +5,8 @@ Each command group lives in its own module and registers itself on the root app:
 (:mod:`control.cli.admin`, members in :mod:`control.cli.members`), ``users``
 (:mod:`control.cli.users`), ``audit`` (:mod:`control.cli.audit`), ``login``/``logout``
 (:mod:`control.cli.login`), ``secrets`` (:mod:`control.cli.secrets`), ``pipelines``
-(:mod:`control.cli.pipelines`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
+(:mod:`control.cli.pipelines`), ``clusters`` (:mod:`control.cli.clusters`), ``deploy``/``deployments``
+(:mod:`control.cli.deploy`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
 (:mod:`tune.cli`).
 """
 
@@ -23,7 +24,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from control.cli import admin, audit, login, pipelines, secrets, stack, users
+    from control.cli import admin, audit, clusters, deploy, login, pipelines, secrets, stack, users
     from tune import cli as tune_cli
 
     stack.register(app)
@@ -33,6 +34,8 @@ def _register() -> None:
     login.register(app)
     secrets.register(app)
     pipelines.register(app)
+    clusters.register(app)
+    deploy.register(app)
     tune_cli.register(app)
 
 
