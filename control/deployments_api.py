@@ -78,7 +78,7 @@ async def _view(request: Request, session: Any, dep: Deployment) -> DeploymentVi
     view = DeploymentView(**service.public(dep).model_dump())
     if run is not None:
         view.progress = run.get("progress")
-        running = [s["step_id"] for s in run.get("steps", []) if s.get("status") == "running"]
+        running = [step_id for step_id, s in (run.get("steps") or {}).items() if s.get("status") == "running"]
         view.step = running[0] if running else None
     return view
 
