@@ -12,24 +12,20 @@
 Reads need ``model:view`` (every role), writes ``model:manage`` (admins); every write leaves an
 audit record (``model.create``, ``model.update``, ``model.delete``) in its own transaction.
 A name may hold '/' (``meta-llama/Llama-3.1-8B``): the routes take the rest of the path.
-The app includes :data:`router` (see :func:`control.app.create_app`).
+The app includes :func:`router` (see :func:`control.app.create_app`).
 """
 
-from __future__ import annotations
-
-from collections.abc import AsyncIterator
+# No `from __future__ import annotations`: FastAPI must see the `Session` type that router() is given.
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from control import registry
 from control.audit import Audit
-from control.errors import DatabaseUnavailable, InvalidRequest
+from control.errors import InvalidRequest
 from control.models import RegisteredModel
 from control.permissions import Access, authorize
 from control.schemas import ErrorResponse
@@ -65,7 +61,7 @@ class ModelCreate(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _source_or_provider(self) -> ModelCreate:
+    def _source_or_provider(self) -> "ModelCreate":
         if self.source is None and self.provider is None:
             raise ValueError("give source (or a provider table with its type and model)")
         return self
@@ -95,7 +91,7 @@ class ModelUpdate(BaseModel):
     tags: list[Tag] | None = Field(default=None, max_length=registry.MAX_TAGS, description="replaces the tags")
 
     @model_validator(mode="after")
-    def _something(self) -> ModelUpdate:
+    def _something(self) -> "ModelUpdate":
         if self.description is None and self.tags is None:
             raise ValueError("nothing to change: give description or tags")
         return self
@@ -124,7 +120,7 @@ class ModelPublic(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, model: RegisteredModel) -> ModelPublic:
+    def of(cls, model: RegisteredModel) -> "ModelPublic":
         public = cls.model_validate(model)
         if public.provider and public.provider.get("api_key_encrypted"):
             public.provider = {**public.provider, "api_key_encrypted": _HIDDEN}
@@ -136,76 +132,61 @@ class ModelPage(BaseModel):
     data: list[ModelPublic]
 
 
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    try:
-        async with request.app.state.sessions() as session:
-            yield session
-    except (OperationalError, InterfaceError, PoolTimeout) as exc:
-        raise DatabaseUnavailable("the control database is unavailable; try again shortly") from exc
-
-
-Session = Annotated[AsyncSession, Depends(_session, scope="function")]
 Ref = Annotated[str, Path(min_length=1, max_length=registry.MAX_NAME, description="the model's id or name")]
-
-
-def _audit(access: Access) -> Audit:
-    return Audit(actor=access.caller.actor, request_id=access.request_id)
-
-
-router = APIRouter(
-    prefix="/models",
-    tags=["models"],
-    responses={
-        400: {"model": ErrorResponse, "description": "Invalid request; `param` names the field"},
-        401: {"model": ErrorResponse, "description": "Missing, unknown, revoked or expired key or token"},
-        403: {"model": ErrorResponse, "description": "The caller's role does not allow this"},
-        404: {"model": ErrorResponse, "description": "No model with this id or name"},
-        503: {"model": ErrorResponse, "description": "Database unavailable"},
-    },
-)
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request; `param` names the field"},
+    401: {"model": ErrorResponse, "description": "Missing, unknown, revoked or expired key or token"},
+    403: {"model": ErrorResponse, "description": "The caller's role does not allow this"},
+    404: {"model": ErrorResponse, "description": "No model with this id or name"},
+    503: {"model": ErrorResponse, "description": "Database unavailable"},
+}
 _CONFLICT = {409: {"model": ErrorResponse, "description": "The name is taken, or a live deployment uses the model"}}
 
 
-@router.post("", response_model=ModelPublic, status_code=201, responses=_CONFLICT)
-async def add_model(
-    body: ModelCreate, session: Session, access: Annotated[Access, authorize("model:manage")]
-) -> ModelPublic:
-    """Register a model and read its architecture from its config.json (a provider's model:
-    from the optimizer's catalog). A directory lacking config.json, a tokenizer or weights is a
-    400 naming them; a name already registered, a 409."""
-    model = await registry.add_model(
-        session, source=body.resolved_source(), name=body.name, description=body.description, tags=body.tags,
-        provider=body.provider, created_by=access.caller.actor, audit=_audit(access), exist_ok=False,
-    )  # fmt: skip
-    return ModelPublic.of(model)
+def router(Session: Any, audit_for: Callable[[Access], Audit]) -> APIRouter:
+    """The ``/models`` routes over the app's session dependency and audit (``control.app``)."""
+    api = APIRouter(prefix="/models", tags=["models"], responses=_RESPONSES)
 
+    @api.post("", response_model=ModelPublic, status_code=201, responses=_CONFLICT)
+    async def add_model(
+        body: ModelCreate, session: Session, access: Annotated[Access, authorize("model:manage")]
+    ) -> ModelPublic:
+        """Register a model and read its architecture from its config.json (a provider's model:
+        from the optimizer's catalog). A directory lacking config.json, a tokenizer or weights is
+        a 400 naming them; a name already registered, a 409."""
+        model = await registry.add_model(
+            session, source=body.resolved_source(), name=body.name, description=body.description, tags=body.tags,
+            provider=body.provider, created_by=access.caller.actor, audit=audit_for(access), exist_ok=False,
+        )  # fmt: skip
+        return ModelPublic.of(model)
 
-@router.get("", response_model=ModelPage)
-async def list_models(
-    session: Session,
-    access: Annotated[Access, authorize("model:view")],
-    tag: Annotated[str | None, Query(min_length=1, max_length=registry.MAX_TAG, description="only this tag")] = None,
-) -> ModelPage:
-    """Every registered model, by name."""
-    return ModelPage(data=[ModelPublic.of(m) for m in await registry.list_models(session, tag=tag)])
+    @api.get("", response_model=ModelPage)
+    async def list_models(
+        session: Session,
+        access: Annotated[Access, authorize("model:view")],
+        tag: Annotated[str | None, Query(min_length=1, max_length=registry.MAX_TAG, description="only this tag")] = None,
+    ) -> ModelPage:
+        """Every registered model, by name."""
+        return ModelPage(data=[ModelPublic.of(m) for m in await registry.list_models(session, tag=tag)])
 
+    @api.get("/{ref:path}", response_model=ModelPublic)
+    async def get_model(ref: Ref, session: Session, access: Annotated[Access, authorize("model:view")]) -> ModelPublic:
+        return ModelPublic.of(await registry.get_model(session, ref))
 
-@router.get("/{ref:path}", response_model=ModelPublic)
-async def get_model(ref: Ref, session: Session, access: Annotated[Access, authorize("model:view")]) -> ModelPublic:
-    return ModelPublic.of(await registry.get_model(session, ref))
+    @api.patch("/{ref:path}", response_model=ModelPublic)
+    async def update_model(
+        ref: Ref, body: ModelUpdate, session: Session, access: Annotated[Access, authorize("model:manage")]
+    ) -> ModelPublic:
+        """Change the description or the tags (the list given replaces them)."""
+        model = await registry.update_model(session, ref, description=body.description, tags=body.tags,
+                                            audit=audit_for(access))  # fmt: skip
+        return ModelPublic.of(model)
 
+    @api.delete("/{ref:path}", response_model=ModelPublic, responses=_CONFLICT)
+    async def delete_model(
+        ref: Ref, session: Session, access: Annotated[Access, authorize("model:manage")]
+    ) -> ModelPublic:
+        """Remove a model from the registry; a 409 while a live deployment uses it."""
+        return ModelPublic.of(await registry.delete_model(session, ref, audit=audit_for(access)))
 
-@router.patch("/{ref:path}", response_model=ModelPublic)
-async def update_model(
-    ref: Ref, body: ModelUpdate, session: Session, access: Annotated[Access, authorize("model:manage")]
-) -> ModelPublic:
-    """Change the description or the tags (the list given replaces them)."""
-    model = await registry.update_model(session, ref, description=body.description, tags=body.tags,
-                                        audit=_audit(access))  # fmt: skip
-    return ModelPublic.of(model)
-
-
-@router.delete("/{ref:path}", response_model=ModelPublic, responses=_CONFLICT)
-async def delete_model(ref: Ref, session: Session, access: Annotated[Access, authorize("model:manage")]) -> ModelPublic:
-    """Remove a model from the registry; a 409 while a live deployment uses it."""
-    return ModelPublic.of(await registry.delete_model(session, ref, audit=_audit(access)))
+    return api
