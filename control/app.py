@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control import analytics, clusters_api, deployments_api, pipelines_api, predict_api
+from control import analytics, clusters_api, deployments_api, pipelines_api, predict_api, registry_api
 from control import audit as audit_log
 from control import keys, projects, users
 from control.audit import Audit
@@ -174,6 +174,8 @@ def create_app(
     # clusters (admins) and deployments (per project); each route says its permission, audited
     app.include_router(clusters_api.router(Session, _audit))
     app.include_router(deployments_api.router(Session, _audit))
+    # the model registry: reads model:view, writes model:manage (each route says which), audited
+    app.include_router(registry_api.router(Session, _audit))
     _document_errors(app)
     return app
 
