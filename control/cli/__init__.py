@@ -5,9 +5,9 @@ Each command group lives in its own module and registers itself on the root app:
 (:mod:`control.cli.admin`, members in :mod:`control.cli.members`), ``users``
 (:mod:`control.cli.users`), ``audit`` (:mod:`control.cli.audit`), ``login``/``logout``
 (:mod:`control.cli.login`), ``secrets`` (:mod:`control.cli.secrets`), ``pipelines``
-(:mod:`control.cli.pipelines`), ``clusters`` (:mod:`control.cli.clusters`), ``deploy``/``deployments``
-(:mod:`control.cli.deploy`), and the optimizer's ``predict``/``optimize``/``tune``/``bench``
-(:mod:`tune.cli`).
+(:mod:`control.cli.pipelines`), ``models`` (:mod:`control.cli.models`), ``clusters``
+(:mod:`control.cli.clusters`), ``deploy``/``deployments`` (:mod:`control.cli.deploy`), and the
+optimizer's ``predict``/``optimize``/``tune``/``bench`` (:mod:`tune.cli`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from control.cli import admin, audit, clusters, deploy, login, pipelines, secrets, stack, users
+    from control.cli import admin, audit, clusters, deploy, login, models, pipelines, secrets, stack, users
     from tune import cli as tune_cli
 
     stack.register(app)
@@ -34,6 +34,7 @@ def _register() -> None:
     login.register(app)
     secrets.register(app)
     pipelines.register(app)
+    models.register(app)
     clusters.register(app)
     deploy.register(app)
     tune_cli.register(app)
