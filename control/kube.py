@@ -205,6 +205,8 @@ class KubeClient:
             )
         except (ConfigException, ValueError, KeyError, TypeError, OSError) as exc:
             raise KubeConfigInvalid(f"the kubeconfig cannot be used: {_scrub(str(exc), secrets)}") from None
+        if not re.match(r"^https?://[^/]", configuration.host or ""):
+            raise KubeConfigInvalid(f"the kubeconfig's cluster for context {chosen!r} has no http(s) server URL")
         configuration.retries = 0  # the pipeline step retries, not urllib3 behind its back
         # the client writes CA and client certificates to temporary files; nothing else persists
         return cls(

@@ -28,6 +28,7 @@ The operator (a thread) gives each new or changed RayService ``Ready=False Initi
 once, then, ``ready_after_s`` later, ``Ready=True NonZeroServeEndpoints`` with
 ``serviceStatus: Running``, unless told otherwise::
 
+    api.conflict_next(1)                                       # the next PUT gets 409 Conflict
     api.fail_rayservice("llm", reason="InitializingTimeout")   # or the annotation
     metadata.annotations["fake.foundry.dev/fail"] = "ValidationFailed"
     metadata.annotations["fake.foundry.dev/fail"] = "stall"     # never ready; with
@@ -95,6 +96,7 @@ class FakeKubeAPI:
         self._events: list[tuple[int, str, str, str, dict[str, Any]]] = []  # (rv, type, plural, ns, obj)
         self._rv = 1000
         self._failures: dict[str, tuple[str, str]] = {}
+        self._conflicts_left = 0
         # (namespace, name) -> (generation, since when, settled): the operator's view of each RayService
         self._progress: dict[tuple[str, str], tuple[int, float, bool]] = {}
         self._stopping = threading.Event()
@@ -205,6 +207,11 @@ class FakeKubeAPI:
         with self._lock:
             self._failures[name] = (reason, message or f"fake operator: {reason}")
 
+    def conflict_next(self, count: int = 1) -> None:
+        """The next ``count`` replaces (PUT) answer 409 Conflict, as if another writer got in first."""
+        with self._lock:
+            self._conflicts_left = count
+
     def get(self, plural: str, name: str, namespace: str | None = None, group: str = "ray.io") -> dict | None:
         with self._lock:
             found = self._objects.get((group, plural, namespace or self.namespace, name))
@@ -286,7 +293,10 @@ class FakeKubeAPI:
                         {"reason": "FieldValueInvalid", "message": "Invalid value: 0: must be specified for an update",
                          "field": "metadata.resourceVersion"}]},
                 )  # fmt: skip
-            if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+            forced = require_rv and not status_only and self._conflicts_left > 0
+            if forced:
+                self._conflicts_left -= 1
+            if forced or (sent_rv and sent_rv != current["metadata"]["resourceVersion"]):
                 return 409, _status(
                     409,
                     "Conflict",
