@@ -3,7 +3,8 @@
 Two kinds:
 
 - ``local``: the Ray cluster this stack runs on. Inventory from Ray (nodes, CPUs, GPUs,
-  accelerator types, memory); deployments become Serve applications next to the stack's own.
+  accelerator types, memory, and the Serve applications running); deployments become Serve
+  applications next to the stack's own.
 - ``kubernetes``: a cluster with the KubeRay operator, reached with a kubeconfig. Inventory from
   its nodes (allocatable ``nvidia.com/gpu``, NVIDIA GPU feature discovery labels), operator
   presence (the ``rayservices.ray.io`` CRD) and health, through :mod:`control.kube`; deployments
@@ -62,7 +63,27 @@ def local_inventory() -> dict[str, Any]:
             "memory_bytes": int(resources.get("memory", 0)),
             "gpu_product": accelerators[0] if accelerators else None,
         })  # fmt: skip
-    return _with_totals(nodes)
+    inventory = _with_totals(nodes)
+    inventory["applications"] = _serve_applications()
+    return inventory
+
+
+def _serve_applications() -> dict[str, dict]:
+    """The Serve applications on the cluster: status and running replicas (none if Serve is not up)."""
+    from ray import serve
+
+    try:
+        status = serve.status()
+    except Exception:  # Serve not started on this cluster
+        return {}
+    apps = {}
+    for name, app in status.applications.items():
+        running = sum(
+            count for d in app.deployments.values() for state, count in d.replica_states.items()
+            if str(getattr(state, "value", state)) == "RUNNING"
+        )  # fmt: skip
+        apps[name] = {"status": str(getattr(app.status, "value", app.status)), "replicas": running}
+    return apps
 
 
 def _with_totals(nodes: list[dict]) -> dict[str, Any]:

@@ -174,7 +174,13 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
             runtime["autoscaling"] = {"min_replicas": low, "max_replicas": high}
         else:
             raise InvalidRequest("give replicas, or min_replicas/max_replicas", param="replicas", code="missing_field")
-        config = dict(dep.config or {}) | {"runtime": runtime}
+        choice = dict((dep.config or {}).get("choice", {}))
+        choice.update({k: v for k, v in body.model_dump(exclude_none=True).items()})
+        if body.replicas is not None:
+            choice.pop("min_replicas", None), choice.pop("max_replicas", None)
+        else:
+            choice.pop("replicas", None)
+        config = dict(dep.config or {}) | {"runtime": runtime, "choice": choice}
         target = _target(request, dep)
         from control.targets import TargetError
 
