@@ -30,7 +30,10 @@ Failures are translated here, once, into :mod:`control.errors` subclasses::
     │   ├── KubeNotFound           404 not_found_error        ApiException 404 where absence is
     │   │                                                     an error (a missing namespace)
     │   ├── KubeConflict           409 invalid_request_error  ApiException 409 after one retry
-    │   └── KubeApiError           502 server_error           any other status (``cluster_status``)
+    │   ├── KubeApiError           502 server_error           any other status (``cluster_status``)
+    │   └── RayServiceNotReady     502 server_error           not our translation: the Ready
+    │                                                         condition's terminal reason, or
+    │                                                         the wait ran out (``reason``)
     └── InvalidRequest
         └── ManifestInvalid        422 invalid_request_error  ApiException 422: the Status
                                                               causes as (field, message) pairs;
@@ -130,6 +133,18 @@ class KubeConflict(KubeError):
 
 class KubeApiError(KubeError):
     code = "cluster_api_error"
+
+
+class RayServiceNotReady(KubeError):
+    """The RayService did not become ready: a terminal ``Ready=False`` reason, or the wait ran
+    out (``reason`` is then the last one seen, or None before the operator set any)."""
+
+    code = "rayservice_not_ready"
+
+    def __init__(self, message: str, *, reason: str | None, condition_message: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.condition_message = condition_message
 
 
 class KubeClient:
@@ -332,6 +347,33 @@ class KubeClient:
             if condition.get("type") == "Ready":
                 return condition.get("status") == "True", condition.get("reason"), condition.get("message")
         return False, None, None
+
+    async def wait_rayservice_ready(self, name: str, *, timeout_s: float, poll_s: float = 1.0) -> str:
+        """Wait until the RayService is ``Ready=True`` and return the reason
+        (``NonZeroServeEndpoints``); :class:`RayServiceNotReady` on a terminal reason
+        (:data:`TERMINAL_REASONS`) or after ``timeout_s``, naming the reason and the operator's
+        message."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        reason: str | None = None
+        message: str | None = None
+        while True:
+            ready, reason, message = await self.rayservice_ready(name)
+            if ready:
+                return reason or "Ready"
+            if reason in TERMINAL_REASONS:
+                raise RayServiceNotReady(
+                    f"RayService {name!r} failed: {reason}: {self._scrub(message or '')}".rstrip(": "),
+                    reason=reason,
+                    condition_message=message,
+                )
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise RayServiceNotReady(
+                    f"RayService {name!r} was not ready within {timeout_s:g} s (last reason: {reason or 'none yet'})",
+                    reason=reason,
+                    condition_message=message,
+                )
+            await asyncio.sleep(min(poll_s, left))
 
     async def patch_rayservice(self, name: str, patch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
         """Patch the RayService: a dict is a JSON merge patch (RFC 7386: a list in it replaces
@@ -630,6 +672,7 @@ __all__ = [
     "KubeTimeout",
     "KubeUnreachable",
     "ManifestInvalid",
+    "RayServiceNotReady",
     "TERMINAL_REASONS",
     "admit_as",
 ]

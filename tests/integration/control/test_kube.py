@@ -28,6 +28,7 @@ from control.kube import (
     KubeConflict,
     KubeNotFound,
     KubeUnreachable,
+    RayServiceNotReady,
 )
 from control.kuberay import ManifestInvalid, admit
 from tests.fakes.kube_api import FAIL_ANNOTATION, FakeKubeAPI
@@ -214,6 +215,23 @@ async def test_a_failed_condition_surfaces_its_reason(kube, annotations, reason)
     ready, got, message = await wait_for(lambda: _settled(kube, "llm-a"), what=reason)
     assert (ready, got) == (False, reason) and message
     assert got in TERMINAL_REASONS
+
+
+async def test_wait_until_ready_or_the_reason(api, kube):
+    await kube.apply_rayservice(rayservice("llm-a"))
+    assert await kube.wait_rayservice_ready("llm-a", timeout_s=10, poll_s=0.05) == "NonZeroServeEndpoints"
+
+    await kube.apply_rayservice(rayservice("llm-b", annotations={FAIL_ANNOTATION: "ValidationFailed"}))
+    with pytest.raises(RayServiceNotReady) as caught:
+        await kube.wait_rayservice_ready("llm-b", timeout_s=10, poll_s=0.05)
+    assert caught.value.reason == "ValidationFailed" and "ValidationFailed" in str(caught.value)
+
+    await kube.apply_rayservice(rayservice("llm-c", annotations={FAIL_ANNOTATION: "stall"}))
+    started = time.monotonic()
+    with pytest.raises(RayServiceNotReady) as caught:
+        await kube.wait_rayservice_ready("llm-c", timeout_s=0.5, poll_s=0.05)
+    assert time.monotonic() - started < 3
+    assert caught.value.reason == "Initializing" and "within 0.5 s" in str(caught.value)
 
 
 async def test_the_operator_rejects_what_the_schema_allows(kube):

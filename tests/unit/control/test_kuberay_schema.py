@@ -387,3 +387,93 @@ def test_manifest_invalid_is_a_422_control_error_naming_the_first_path():
     body = exc.body()["error"]
     assert (body["type"], body["code"], body["param"]) == ("invalid_request_error", "invalid_manifest", "spec.replicaz")
     assert body["message"].startswith('RayService "llm-a" is invalid: spec.replicaz: unknown field')
+
+
+# -- structural-schema features the KubeRay CRDs do not use (a small CRD of our own) -----------
+
+WIDGET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["size"],
+            "properties": {
+                "size": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "ratio": {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": True},
+                "big": {"type": "integer", "format": "int64"},
+                "note": {"type": "string", "nullable": True, "default": "none"},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                         "properties": {"known": {"type": "boolean"}}},  # fmt: skip
+                "anything": {"x-kubernetes-preserve-unknown-fields": True},
+                "open": {"type": "object", "additionalProperties": True},
+                "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set", "maxItems": 2},
+                "inner": {"type": "object", "x-kubernetes-embedded-resource": True,
+                          "properties": {"spec": {"type": "object", "properties": {"x": {"type": "integer"}}}}},  # fmt: skip
+            },
+        },
+    },
+}
+WIDGETS = Definitions(
+    [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "names": {"kind": "Widget", "plural": "widgets"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": True, "schema": {"openAPIV3Schema": WIDGET_SCHEMA}}],
+            },
+        }
+    ]
+)
+
+
+def widget(**spec) -> dict:
+    return {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1, **spec}}
+
+
+def test_int_or_string_number_and_int64():
+    assert admit(widget(size="10Gi"), definitions=WIDGETS)["spec"]["size"] == "10Gi"
+    assert admit(widget(ratio=0.5, big=2**40), definitions=WIDGETS)["spec"]["big"] == 2**40
+    errors = dict(_errors(widget(size=1.5, ratio=1, big=2**63), definitions=WIDGETS))
+    assert errors == {
+        "spec.size": "Invalid value: 1.5: must be of type integer or string",
+        "spec.ratio": "Invalid value: 1: should be less than 1",
+        "spec.big": f"Invalid value: {2**63}: out of range for int64",
+    }
+
+
+def test_nullable_null_stays_and_its_default_applies_only_when_absent():
+    assert admit(widget(note=None), definitions=WIDGETS)["spec"]["note"] is None
+    assert admit(widget(), definitions=WIDGETS)["spec"]["note"] == "none"
+
+
+def test_preserve_unknown_fields_keeps_what_the_schema_does_not_declare():
+    admitted = admit(widget(free={"known": True, "extra": {"deep": [1]}}, anything=[{"a": 1}], open={"k": 1}),
+                     definitions=WIDGETS)  # fmt: skip
+    assert admitted["spec"]["free"] == {"known": True, "extra": {"deep": [1]}}
+    assert admitted["spec"]["anything"] == [{"a": 1}] and admitted["spec"]["open"] == {"k": 1}
+    [error] = _errors(widget(free={"known": "yes"}), definitions=WIDGETS)
+    assert error.path == "spec.free.known"  # declared fields are still checked
+
+
+def test_embedded_resources_carry_type_meta_and_object_meta():
+    inner = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "labels": {"a": "b"}}, "spec": {"x": 1}}
+    assert admit(widget(inner=inner), definitions=WIDGETS)["spec"]["inner"] == inner
+    errors = _errors(widget(inner={"metadata": {"name": "Not_Valid", "bogus": 1}, "spec": {}}), definitions=WIDGETS)
+    assert {path for path, _ in errors} == {
+        "spec.inner.apiVersion",
+        "spec.inner.kind",
+        "spec.inner.metadata.bogus",
+        "spec.inner.metadata.name",
+    }
+
+
+def test_sets_are_unique_and_bounded():
+    errors = _errors(widget(tags=["a", "a", "b"]), definitions=WIDGETS)
+    assert {error.path for error in errors} == {"spec.tags", "spec.tags[1]"}
