@@ -214,6 +214,7 @@ class KubeClient:
             names = ", ".join(sorted(str(name) for name in contexts)) or "none"
             raise KubeConfigInvalid(f"the kubeconfig has no context {chosen!r} (it has: {names})")
         configuration = k8s.Configuration()
+        configuration.retries = 0  # the pipeline step retries, not urllib3 behind its back
         try:
             api_client = new_client_from_config_dict(
                 copy.deepcopy(config), context=chosen, persist_config=False, client_configuration=configuration
@@ -222,7 +223,6 @@ class KubeClient:
             raise KubeConfigInvalid(f"the kubeconfig cannot be used: {_scrub(str(exc), secrets)}") from None
         if not re.match(r"^https?://[^/]", configuration.host or ""):
             raise KubeConfigInvalid(f"the kubeconfig's cluster for context {chosen!r} has no http(s) server URL")
-        configuration.retries = 0  # the pipeline step retries, not urllib3 behind its back
         # the client writes CA and client certificates to temporary files; nothing else persists
         return cls(
             api_client,

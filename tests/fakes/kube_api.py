@@ -2,7 +2,8 @@
 fake KubeRay operator that moves RayServices through their conditions.
 
 The real ``kubernetes`` client talks to it through the kubeconfig :meth:`FakeKubeAPI.kubeconfig`
-writes (plain HTTP, a bearer token that is checked: a wrong one gets 401)::
+writes (plain HTTP, or HTTPS with ``tls=True`` and a self-signed CA in the kubeconfig's
+``certificate-authority-data``; a bearer token that is checked: a wrong one gets 401)::
 
     GET  /version
     GET  /api/v1/nodes[/NAME]                       seeded nodes with NVIDIA GFD labels
@@ -29,6 +30,7 @@ once, then, ``ready_after_s`` later, ``Ready=True NonZeroServeEndpoints`` with
 ``serviceStatus: Running``, unless told otherwise::
 
     api.conflict_next(1)                                       # the next PUT gets 409 Conflict
+    api.delay_next(1, seconds=2)                               # the next request waits 2 s
     api.fail_rayservice("llm", reason="InitializingTimeout")   # or the annotation
     metadata.annotations["fake.foundry.dev/fail"] = "ValidationFailed"
     metadata.annotations["fake.foundry.dev/fail"] = "stall"     # never ready; with
@@ -45,10 +47,15 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime as dt
+import ipaddress
 import json
 import random
 import re
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -56,10 +63,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from control.kuberay.definitions import Definitions, ResourceKind, UnknownKind, shipped
 from control.kuberay.schema import ManifestInvalid, admit_as, parse_duration_s
@@ -81,8 +93,11 @@ class FakeKubeAPI:
         operator_installed: bool = True,
         ready_after_s: float = 0.3,
         definitions: Definitions | None = None,
+        tls: bool = False,
     ) -> None:
         self._random = random.Random(seed)
+        self.tls = tls
+        self.ca_pem: bytes | None = None  # the self-signed certificate, with tls
         self.token = token or f"fake-token-{self._random.getrandbits(64):016x}"
         self.namespace = namespace
         self.operator_installed = operator_installed
@@ -97,6 +112,7 @@ class FakeKubeAPI:
         self._rv = 1000
         self._failures: dict[str, tuple[str, str]] = {}
         self._conflicts_left = 0
+        self._delays: list[float] = []  # seconds to wait before answering, one per coming request
         # (namespace, name) -> (generation, since when, settled): the operator's view of each RayService
         self._progress: dict[tuple[str, str], tuple[int, float, bool]] = {}
         self._stopping = threading.Event()
@@ -118,7 +134,19 @@ class FakeKubeAPI:
     def start(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if self.tls:
+            cert_pem, key_pem = _self_signed("127.0.0.1")
+            self.ca_pem = cert_pem
+            with tempfile.TemporaryDirectory() as folder:
+                cert_file, key_file = Path(folder, "tls.crt"), Path(folder, "tls.key")
+                cert_file.write_bytes(cert_pem)
+                key_file.write_bytes(key_pem)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(cert_file, key_file)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         operator = threading.Thread(target=self._operate, daemon=True)
         self._threads = [serve, operator]
@@ -135,13 +163,24 @@ class FakeKubeAPI:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def kubeconfig(self, *, token: str | None = None, namespace: str | None = None, server: str | None = None) -> str:
-        """A kubeconfig (YAML text) for this server; ``token``/``server`` override for fault tests."""
+    def kubeconfig(
+        self,
+        *,
+        token: str | None = None,
+        namespace: str | None = None,
+        server: str | None = None,
+        ca_pem: bytes | None = None,
+    ) -> str:
+        """A kubeconfig (YAML text) for this server, with its CA under tls; ``token``, ``server``
+        and ``ca_pem`` override for fault tests."""
+        cluster: dict[str, Any] = {"server": server or self.url}
+        if ca_pem or self.ca_pem:
+            cluster["certificate-authority-data"] = base64.b64encode(ca_pem or self.ca_pem).decode()
         return yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server or self.url}}],
+                "clusters": [{"name": "fake", "cluster": cluster}],
                 "users": [{"name": "fake-admin", "user": {"token": token or self.token}}],
                 "contexts": [
                     {
@@ -206,6 +245,11 @@ class FakeKubeAPI:
         """The operator reports ``Ready=False reason`` for RayService ``name`` instead of ready."""
         with self._lock:
             self._failures[name] = (reason, message or f"fake operator: {reason}")
+
+    def delay_next(self, count: int = 1, *, seconds: float) -> None:
+        """The next ``count`` requests wait ``seconds`` before being answered."""
+        with self._lock:
+            self._delays = [seconds] * count
 
     def conflict_next(self, count: int = 1) -> None:
         """The next ``count`` replaces (PUT) answer 409 Conflict, as if another writer got in first."""
@@ -539,6 +583,10 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 self._json(401, _status(401, "Unauthorized", "Unauthorized"))
                 return
             api.requests.append((method, url.path))
+            with api._lock:
+                delay = api._delays.pop(0) if api._delays else 0.0
+            if delay:
+                api._stopping.wait(delay)
             path = url.path.rstrip("/")
             if path == "/version" and method == "GET":
                 self._json(200, {"major": "1", "minor": "34", "gitVersion": GIT_VERSION, "platform": "linux/amd64"})
@@ -632,8 +680,11 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                self.close_connection = True
 
         def _stream(self, events: Iterator[dict[str, Any]]) -> None:
             self.send_response(200)
@@ -807,3 +858,24 @@ def _json_patch(target: dict[str, Any], operations: Any) -> Any:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _self_signed(ip: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate (PEM) for ``ip``, and its key: the fake's own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-kube-apiserver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -27,11 +27,12 @@ from control.kube import (
     KubeConfigInvalid,
     KubeConflict,
     KubeNotFound,
+    KubeTimeout,
     KubeUnreachable,
     RayServiceNotReady,
 )
 from control.kuberay import ManifestInvalid, admit
-from tests.fakes.kube_api import FAIL_ANNOTATION, FakeKubeAPI
+from tests.fakes.kube_api import FAIL_ANNOTATION, FakeKubeAPI, _self_signed
 
 SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / "kuberay" / "samples"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -322,6 +323,41 @@ async def test_an_unreachable_server_fails_fast_and_typed(api):
         assert (await kube.health())["healthy"] is False
     finally:
         await kube.aclose()
+
+
+async def test_a_slow_answer_is_a_typed_timeout(api):
+    kube = await KubeClient.connect(api.kubeconfig(), read_timeout_s=0.3)
+    try:
+        api.delay_next(1, seconds=2)
+        started = time.monotonic()
+        with pytest.raises(KubeTimeout, match="did not answer reading RayService 'llm-a' within 0.3 s"):
+            await kube.get_rayservice("llm-a")
+        assert time.monotonic() - started < 1.5
+        assert api.requests.count(("GET", "/apis/ray.io/v1/namespaces/llm/rayservices/llm-a")) == 1  # not retried
+    finally:
+        await kube.aclose()
+
+
+def test_tls_with_the_kubeconfigs_certificate_authority():
+    async def scenario(api: FakeKubeAPI) -> None:
+        kube = await KubeClient.connect(api.kubeconfig())
+        try:
+            assert (await kube.health())["healthy"] is True
+            await kube.apply_rayservice(rayservice())
+        finally:
+            await kube.aclose()
+        other_ca, _ = _self_signed("127.0.0.1")  # a CA that did not sign the server's certificate
+        stranger = await KubeClient.connect(api.kubeconfig(ca_pem=other_ca))
+        try:
+            with pytest.raises(KubeUnreachable, match="TLS handshake"):
+                await stranger.inventory()
+        finally:
+            await stranger.aclose()
+
+    with FakeKubeAPI.running(seed=3, tls=True) as api:
+        assert api.url.startswith("https://")
+        asyncio.run(scenario(api))
+        assert api.count("rayservices") == 1
 
 
 async def test_bad_kubeconfigs_are_typed_and_do_not_echo_credentials(api):
