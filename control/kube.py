@@ -180,12 +180,18 @@ class KubeClient:
         namespace: str | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        allow_exec: bool = False,
     ) -> KubeClient:
         """A client for ``kubeconfig`` (its text, YAML); ``context`` defaults to its
         current-context, ``namespace`` to the context's namespace, else ``default``. Nothing is
-        sent to the cluster yet. Loading runs in a thread: an ``exec`` credential plugin may run."""
+        sent to the cluster yet.
+
+        A user with an ``exec`` credential plugin (EKS, GKE) or an ``auth-provider`` runs a
+        command of the kubeconfig's choosing on this host, so it is refused unless
+        ``allow_exec`` (an operator's decision, not an API caller's). Loading runs in a thread.
+        """
         return await asyncio.to_thread(
-            cls._build, kubeconfig, context, namespace, connect_timeout_s, read_timeout_s
+            cls._build, kubeconfig, context, namespace, connect_timeout_s, read_timeout_s, allow_exec
         )
 
     @classmethod
@@ -196,6 +202,7 @@ class KubeClient:
         namespace: str | None,
         connect_timeout_s: float,
         read_timeout_s: float,
+        allow_exec: bool = False,
     ) -> KubeClient:
         try:
             config = yaml.safe_load(kubeconfig)
@@ -213,6 +220,16 @@ class KubeClient:
         if chosen not in contexts:
             names = ", ".join(sorted(str(name) for name in contexts)) or "none"
             raise KubeConfigInvalid(f"the kubeconfig has no context {chosen!r} (it has: {names})")
+        user_name = (contexts[chosen] or {}).get("user")
+        user = next(
+            (entry.get("user") or {} for entry in config.get("users") or [] if entry.get("name") == user_name), {}
+        )
+        if not allow_exec and isinstance(user, dict) and ("exec" in user or "auth-provider" in user):
+            plugin = "an exec credential plugin" if "exec" in user else "an auth-provider"
+            raise KubeConfigInvalid(
+                f"the kubeconfig's user {user_name!r} authenticates with {plugin}, which would run a command on "
+                "this host; use a token or client certificate (or let an operator allow credential plugins)"
+            )
         configuration = k8s.Configuration()
         configuration.retries = 0  # the pipeline step retries, not urllib3 behind its back
         try:

@@ -371,6 +371,11 @@ async def test_bad_kubeconfigs_are_typed_and_do_not_echo_credentials(api):
         await KubeClient.connect(yaml.safe_dump(config))
     assert api.token not in str(caught.value)
     config = yaml.safe_load(api.kubeconfig())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "touch",
+                                           "args": ["/tmp/foundry-kube-exec-ran"]}}  # fmt: skip
+    with pytest.raises(KubeConfigInvalid, match="exec credential plugin"):
+        await KubeClient.connect(yaml.safe_dump(config))
+    config = yaml.safe_load(api.kubeconfig())
     config["contexts"][0]["context"]["cluster"] = "elsewhere"
     with pytest.raises(KubeConfigInvalid, match="cannot be used") as caught:
         await KubeClient.connect(yaml.safe_dump(config))
