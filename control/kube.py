@@ -83,6 +83,7 @@ GFD_COUNT = "nvidia.com/gpu.count"
 TERMINAL_REASONS = frozenset({"InitializingTimeout", "ValidationFailed"})
 
 T = TypeVar("T")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class KubeError(ControlError):
@@ -212,18 +213,25 @@ class KubeClient:
             raise KubeConfigInvalid(f"the kubeconfig is not valid YAML{at}") from None
         if not isinstance(config, dict) or not config.get("clusters"):
             raise KubeConfigInvalid("the kubeconfig has no clusters")
-        secrets = _secrets_of(config)
-        chosen = context or config.get("current-context")
-        contexts = {entry.get("name"): entry.get("context") or {} for entry in config.get("contexts") or []}
+        try:
+            secrets = _secrets_of(config)
+            chosen = context or config.get("current-context")
+            contexts = {entry.get("name"): entry.get("context") or {} for entry in config.get("contexts") or []}
+            users = {entry.get("name"): entry.get("user") or {} for entry in config.get("users") or []}
+        except (AttributeError, TypeError):
+            raise KubeConfigInvalid("the kubeconfig's contexts and users must be lists of named entries") from None
         if not chosen:
             raise KubeConfigInvalid("the kubeconfig has no current-context; name one with --context")
         if chosen not in contexts:
             names = ", ".join(sorted(str(name) for name in contexts)) or "none"
             raise KubeConfigInvalid(f"the kubeconfig has no context {chosen!r} (it has: {names})")
-        user_name = (contexts[chosen] or {}).get("user")
-        user = next(
-            (entry.get("user") or {} for entry in config.get("users") or [] if entry.get("name") == user_name), {}
-        )
+        if not isinstance(contexts[chosen], dict):
+            raise KubeConfigInvalid(f"the kubeconfig's context {chosen!r} is not a mapping")
+        user_name = contexts[chosen].get("user")
+        user = users.get(user_name) or {}
+        namespace = namespace or contexts[chosen].get("namespace") or "default"
+        if not isinstance(namespace, str) or not _DNS1123_LABEL.match(namespace) or len(namespace) > 63:
+            raise KubeConfigInvalid(f"the namespace {namespace!r} is not a DNS-1123 label")
         if not allow_exec and isinstance(user, dict) and ("exec" in user or "auth-provider" in user):
             plugin = "an exec credential plugin" if "exec" in user else "an auth-provider"
             raise KubeConfigInvalid(
@@ -239,11 +247,13 @@ class KubeClient:
         except (ConfigException, ValueError, KeyError, TypeError, OSError) as exc:
             raise KubeConfigInvalid(f"the kubeconfig cannot be used: {_scrub(str(exc), secrets)}") from None
         if not re.match(r"^https?://[^/]", configuration.host or ""):
+            api_client.close()
             raise KubeConfigInvalid(f"the kubeconfig's cluster for context {chosen!r} has no http(s) server URL")
-        # the client writes CA and client certificates to temporary files; nothing else persists
+        # the client writes CA and client certificate data to 0600 temporary files that live
+        # until the process exits (kubernetes.config caches them by content)
         return cls(
             api_client,
-            namespace=namespace or contexts[chosen].get("namespace") or "default",
+            namespace=namespace,
             secrets=secrets,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,

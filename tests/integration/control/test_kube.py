@@ -365,6 +365,10 @@ async def test_bad_kubeconfigs_are_typed_and_do_not_echo_credentials(api):
         await KubeClient.connect("clusters: [\n")
     with pytest.raises(KubeConfigInvalid, match="no context 'prod'"):
         await KubeClient.connect(api.kubeconfig(), context="prod")
+    with pytest.raises(KubeConfigInvalid, match="not a DNS-1123 label"):
+        await KubeClient.connect(api.kubeconfig(), namespace="../kube-system")
+    with pytest.raises(KubeConfigInvalid, match="lists of named entries"):
+        await KubeClient.connect("clusters: [x]\ncontexts: [x]\n")
     config = yaml.safe_load(api.kubeconfig())
     config["clusters"][0]["cluster"]["server"] = ""
     with pytest.raises(KubeConfigInvalid, match="no http\\(s\\) server URL") as caught:
