@@ -129,11 +129,13 @@ def unseal_kubeconfig(sealed: str) -> str:
     return unseal(sealed, private_pem=_private_pem())
 
 
-def kube_client(cluster: Cluster):
-    """A :class:`control.kube.KubeClient` for a registered Kubernetes cluster."""
+async def kube_client(cluster: Cluster):
+    """A :class:`control.kube.KubeClient` for a registered Kubernetes cluster (close it: ``async with``)."""
     from control.kube import KubeClient
 
-    return KubeClient(unseal_kubeconfig(cluster.kubeconfig or ""), context=cluster.context, namespace=cluster.namespace)
+    return await KubeClient.connect(
+        unseal_kubeconfig(cluster.kubeconfig or ""), context=cluster.context, namespace=cluster.namespace
+    )
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -171,11 +173,14 @@ async def add_kubernetes(
     if await session.scalar(select(Cluster).where(Cluster.name == name)) is not None:
         raise Conflict(f"a cluster named {name!r} already exists", param="name", code="cluster_exists")
     try:
-        client = KubeClient(kubeconfig, context=context, namespace=namespace)
-        inventory = await client.inventory()
-        operator = await client.operator_installed()
+        async with await KubeClient.connect(kubeconfig, context=context, namespace=namespace) as client:
+            inventory = await client.inventory()
+            operator = await client.operator_installed()
+            namespace = client.namespace
     except KubeError as exc:
-        raise ClusterUnavailable(f"cluster {name!r}: {exc}") from None
+        if exc.status < 500:  # the kubeconfig itself is wrong: say so as the caller's error
+            raise
+        raise ClusterUnavailable(f"cluster {name!r}: {exc.message}") from None
     if not operator:
         raise InvalidRequest(
             f"cluster {name!r} has no KubeRay operator (the rayservices.ray.io CRD is missing): install it first",
@@ -183,7 +188,7 @@ async def add_kubernetes(
         )  # fmt: skip
     now = utcnow()
     cluster = Cluster(
-        name=name, kind="kubernetes", context=context, namespace=namespace or client.namespace,
+        name=name, kind="kubernetes", context=context, namespace=namespace,
         kubeconfig=seal_kubeconfig(kubeconfig), inventory=inventory, operator=True,
         health="healthy", refreshed_at=now, created_at=now,
     )  # fmt: skip
@@ -201,12 +206,12 @@ async def refresh(session: AsyncSession, cluster: Cluster) -> Cluster:
         else:
             from control.kube import KubeError
 
-            client = kube_client(cluster)
             try:
-                cluster.inventory = await client.inventory()
-                cluster.operator = await client.operator_installed()
+                async with await kube_client(cluster) as client:
+                    cluster.inventory = await client.inventory()
+                    cluster.operator = await client.operator_installed()
             except KubeError as exc:
-                raise ClusterUnavailable(str(exc)) from None
+                raise ClusterUnavailable(exc.message) from None
         cluster.health, cluster.health_reason = ("healthy", None) if cluster.operator is not False else (
             "unhealthy", "the KubeRay operator's rayservices.ray.io CRD is missing")
     except (ClusterUnavailable, TimeoutError) as exc:

@@ -12,7 +12,7 @@ records what it did on the row::
                                         CPU engine's settings; the prediction          -> deploying
       deploy    deployment_deploy       the Serve application / RayService (control.targets)
       health    deployment_health       serving, or the reason it is not
-      register  deployment_register     the gateway routes the name (lists it in /v1/models) -> running
+      register  deployment_register     the gateway routes the name; once /v1/models lists it -> running
       benchmark deployment_benchmark    a short `foundry bench` through the gateway; measured figures
                                         (on_failure: continue: a deployment that serves stays up)
 
@@ -172,14 +172,16 @@ async def deployment_health(ctx: ActionContext, params: dict) -> dict:
 
 
 async def deployment_register(ctx: ActionContext, params: dict) -> dict:
-    """The gateway routes the name from now on; waits (bounded) until it lists it."""
+    """The gateway routes the name from now on; ``running`` once it lists it (bounded wait), so a
+    running deployment is one clients can call."""
     async with _sessionmaker()() as session:
         dep = await _load(session, params["deployment_id"])
-        if not dep.registered or dep.status != "running":
-            await _change(session, dep, registered=True, status="running", error=None)
-        name = dep.name
-    listed = await _wait_listed(ctx, name, present=True)
-    return {"model": name, "listed_s": listed}
+        if not dep.registered:
+            await _change(session, dep, registered=True)
+        listed = await _wait_listed(ctx, dep.name, present=True)
+        if dep.status != "running":
+            await _change(session, dep, status="running", error=None)
+        return {"model": dep.name, "listed_s": listed}
 
 
 async def deployment_benchmark(ctx: ActionContext, params: dict) -> dict:
