@@ -463,6 +463,29 @@ class KubeClient:
             return False
         return True
 
+    # -- Secrets -------------------------------------------------------------------------------
+
+    async def ensure_secret(self, name: str, data: dict[str, str], *, labels: dict[str, str] | None = None) -> None:
+        """Create the Secret (``stringData``), or replace one of that name: the same call twice
+        leaves one Secret with ``data``. The values are never logged or echoed."""
+        body = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels or {}},
+            "stringData": data,
+        }  # fmt: skip
+        try:
+            await self._raw(f"creating Secret {name!r}", self._core.create_namespaced_secret, self.namespace, body)
+        except KubeConflict:
+            await self._raw(f"replacing Secret {name!r}", self._core.replace_namespaced_secret, name, self.namespace, body)
+
+    async def delete_secret(self, name: str) -> bool:
+        """Delete the Secret; False if it was already gone."""
+        try:
+            await self._raw(f"deleting Secret {name!r}", self._core.delete_namespaced_secret, name, self.namespace)
+        except KubeNotFound:
+            return False
+        return True
+
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _get(self, name: str, namespace: str) -> dict[str, Any] | None:

@@ -25,13 +25,26 @@ def render(name: str, config: dict[str, Any], cluster: Cluster) -> tuple[str, di
 
         endpoint = EndpointConfig.model_validate({"name": name, "runtime": config["runtime"]})
         return "serve_config", {"applications": serve_applications(endpoint)}
-    return "rayservice", rayservice(name, config, namespace=cluster.namespace or "default")
+    return "rayservice", rayservice(name, config, cluster)
 
 
-def rayservice(name: str, config: dict[str, Any], *, namespace: str) -> dict[str, Any]:
-    """The admitted RayService of a planned GPU configuration."""
-    from control.kuberay.manifests import plan_from_runtime, render_rayservice
+def rayservice(name: str, config: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
+    """The admitted RayService of a planned GPU configuration on ``cluster``."""
     from control.kuberay.schema import admit
+    from control.targets.base import DeploySpec
+    from control.targets.kuberay import KubeRayTarget
 
-    plan = plan_from_runtime(name, config["runtime"], gpu=config["target"]["gpu"], namespace=namespace)
-    return admit(render_rayservice(plan))
+    spec = DeploySpec(deployment_id="render", name=name, runtime=config["runtime"], extra=config.get("target", {}))
+    return admit(KubeRayTarget(cluster).manifest(spec))
+
+
+def render_kuberay_for(model: str, **options: Any) -> dict[str, Any]:
+    """The RayService for a cluster that is not registered (``--target kuberay --gpu --num-gpus``)."""
+    from control.kuberay.manifests import RenderError as ManifestError
+    from control.kuberay.manifests import render_for_target
+
+    try:
+        _, manifest = render_for_target(model, **{k: v for k, v in options.items() if v is not None})
+    except ManifestError as exc:
+        raise RenderError(exc.message) from None
+    return manifest

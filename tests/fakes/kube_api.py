@@ -19,6 +19,7 @@ writes (plain HTTP, or HTTPS with ``tls=True`` and a self-signed CA in the kubec
                                                     json-patch+json; 415 for strategic merge),
                                                     DELETE (then 404)
     /apis/ray.io/v1/namespaces/NS/PLURAL/NAME/status  GET, PUT, PATCH: only status changes
+    /api/v1/namespaces/NS/secrets[/NAME]            POST (201; 409 AlreadyExists), GET, PUT, DELETE
 
 Admission is :func:`control.kuberay.schema.admit_as` without the operator's rules, as the API
 server checks only the CRD schema; the generation moves only when ``spec`` changes, and writes to
@@ -108,6 +109,7 @@ class FakeKubeAPI:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every authenticated request
         self._lock = threading.Condition()
         self._objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (group, plural, ns, name)
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> Secret
         self._events: list[tuple[int, str, str, str, dict[str, Any]]] = []  # (rv, type, plural, ns, obj)
         self._rv = 1000
         self._failures: dict[str, tuple[str, str]] = {}
@@ -549,6 +551,7 @@ class FakeKubeAPI:
 
 def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
     crd_prefix = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    secrets = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets(?:/(?P<name>[^/]+))?$")
     custom = re.compile(
         r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)"
         r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>status))?$"
@@ -592,12 +595,39 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {"major": "1", "minor": "34", "gitVersion": GIT_VERSION, "platform": "linux/amd64"})
             elif path.startswith("/api/v1/nodes") and method == "GET":
                 self._nodes(path.removeprefix("/api/v1/nodes").strip("/"), query)
+            elif match := secrets.match(path):
+                self._secret(method, match["ns"], match["name"], body)
             elif path.startswith(crd_prefix) and method == "GET":
                 self._crds(path.removeprefix(crd_prefix).strip("/"))
             elif match := custom.match(path):
                 self._custom(method, match, query, body)
             else:
                 self._json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
+        def _secret(self, method: str, namespace: str, name: str | None, body: Any) -> None:
+            with api._lock:
+                if name is None and method == "POST":
+                    name = ((body or {}).get("metadata") or {}).get("name")
+                    if (namespace, name) in api.secrets:
+                        self._json(409, _status(409, "AlreadyExists", f'secrets "{name}" already exists'))
+                        return
+                    api.secrets[(namespace, name)] = _stored_secret(body, api._next_rv())
+                    self._json(201, api.secrets[(namespace, name)])
+                elif name is not None and method == "GET":
+                    found = api.secrets.get((namespace, name))
+                    self._json(*((200, found) if found else (404, _status(404, "NotFound", f'secrets "{name}" not found'))))
+                elif name is not None and method == "PUT":
+                    if (namespace, name) not in api.secrets:
+                        self._json(404, _status(404, "NotFound", f'secrets "{name}" not found'))
+                        return
+                    api.secrets[(namespace, name)] = _stored_secret(body, api._next_rv())
+                    self._json(200, api.secrets[(namespace, name)])
+                elif name is not None and method == "DELETE":
+                    found = api.secrets.pop((namespace, name), None)
+                    self._json(*((200, _status(200, "Success", "deleted")) if found else
+                                 (404, _status(404, "NotFound", f'secrets "{name}" not found'))))  # fmt: skip
+                else:
+                    self._json(405, _status(405, "MethodNotAllowed", f"{method} is not supported here"))
 
         def _body(self) -> Any:
             length = int(self.headers.get("Content-Length") or 0)
@@ -703,6 +733,17 @@ def _handler(api: FakeKubeAPI) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
     return Handler
+
+
+def _stored_secret(body: Any, resource_version: str) -> dict[str, Any]:
+    secret = copy.deepcopy(body or {})
+    secret.update(apiVersion="v1", kind="Secret")
+    data = dict(secret.pop("stringData", None) or {})  # the API server folds stringData into data
+    secret["data"] = dict(secret.get("data") or {}) | {
+        k: base64.b64encode(str(v).encode()).decode() for k, v in data.items()
+    }
+    secret.setdefault("metadata", {})["resourceVersion"] = resource_version
+    return secret
 
 
 class _Unparsable:
