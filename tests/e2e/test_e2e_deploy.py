@@ -119,7 +119,7 @@ def test_deploy_chat_scale_delete_on_the_local_cluster(tmp_path, config):
         with pytest.raises(Exception) as refused:
             gone.create(model="tiny-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert getattr(refused.value, "status_code", None) == 404
-        assert api(stack, "DELETE", "/models/foundry-tiny").status_code == 204
+        assert api(stack, "DELETE", "/models/foundry-tiny").status_code in (200, 204)
     finally:
         assert stack.stop() == 0
 
