@@ -97,7 +97,8 @@ def create_app(
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = describe(app, list(models))
+            # an enum of the model names only when they are fixed; registered ones come and go
+            app.openapi_schema = describe(app, list(models) if route_source is None else [])
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

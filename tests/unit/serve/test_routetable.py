@@ -151,7 +151,7 @@ async def test_polling_adds_changes_and_removes_routes_keeping_unchanged_ones():
 async def test_a_stream_in_flight_finishes_on_the_route_it_started_with():
     src, builder = MemoryRouteSource(), Builder()
     src.put("dyn", table(pricing={"output_per_1m": 5.0}))
-    routes = await started(src, builder, close_grace_s=0.2)
+    routes = await started(src, builder, close_grace_s=1.0)
     router = routes.router
     route = router.routes["dyn"]
     outcome = Outcome()
