@@ -32,20 +32,24 @@ route once the runtime's deployment exists: until then the gateway answers 404 f
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.serve.deployment import Application
 
 from serve.auth import ApiKeyInfo, hash_key
 from serve.config import GatewayConfig, LimitsConfig, MetricsConfig, RuntimeConfig
 from serve.gateway.routesource import DynamicRoute
-from serve.metrics.records import RequestRecord
+
+if TYPE_CHECKING:
+    from ray.serve.deployment import Application
+
+    from serve.metrics.records import RequestRecord
 
 __all__ = [
     "DEFAULT_KEY_ENV",
@@ -219,7 +223,9 @@ def serve_applications(cfg: EndpointConfig) -> list[dict[str, Any]]:
     args = cfg.model_dump(mode="json", exclude_defaults=True)
     args["name"] = cfg.name
     args["runtime"] = cfg.runtime.model_dump(mode="json", exclude_defaults=True) | {"engine": cfg.runtime.engine}
-    return [
-        {"name": runtime_app_name(cfg.name), "route_prefix": None, "import_path": "serve.endpoint:build_runtime", "args": args},
-        {"name": GATEWAY_APP, "route_prefix": ROUTE_PREFIX, "import_path": "serve.endpoint:build", "args": args},
-    ]
+    return [  # each its own copy of args: a YAML dump shows both in full
+        {"name": runtime_app_name(cfg.name), "route_prefix": None, "import_path": "serve.endpoint:build_runtime",
+         "args": copy.deepcopy(args)},
+        {"name": GATEWAY_APP, "route_prefix": ROUTE_PREFIX, "import_path": "serve.endpoint:build",
+         "args": copy.deepcopy(args)},
+    ]  # fmt: skip
