@@ -40,6 +40,20 @@ ACTIVE = ("pending", "deploying", "deleting")  # a pipeline is working on it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
+class DeploymentSettings(BaseModel):
+    """Settings a deployment takes as given instead of searching (``foundry optimize --measure``
+    deploys each trial this way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: str | None = Field(default=None, description="the optimizer's GPU name (h100_sxm, l4, ...); none on a CPU cluster")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    quantization: str | None = None
+
+
 class DeploymentCreate(BaseModel):
     """``POST /deployments``; SLOs and workload feed the optimizer, settings given here win."""
 
@@ -57,6 +71,7 @@ class DeploymentCreate(BaseModel):
     isl: int = Field(default=512, ge=1, le=1_000_000)
     osl: int = Field(default=128, ge=1, le=1_000_000)
     concurrency: int = Field(default=8, ge=1, le=100_000)
+    settings: DeploymentSettings | None = Field(default=None, description="take these settings instead of the optimizer's search")
     pricing: dict[str, float] | None = Field(default=None, description="a [models.X.pricing] table, for the cost column")
     benchmark_requests: int = Field(default=8, ge=0, le=10_000, description="0: skip the benchmark")
 

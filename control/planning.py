@@ -56,6 +56,8 @@ def plan(
     ``config["target"]`` what the target needs besides (the GPU type for a RayService)."""
     inventory = cluster.inventory or {}
     gpus = int(inventory.get("totals", {}).get("gpus", 0))
+    if request.get("settings"):
+        return _given_plan(model, cluster, engine, request)
     if gpus == 0:
         if cluster.kind == "kubernetes":
             raise PlanError(f"cluster {cluster.name!r} has no allocatable nvidia.com/gpu: nothing to run vLLM on")
@@ -78,6 +80,45 @@ def _cpu_plan(model: RegisteredModel, engine: str, request: dict[str, Any]) -> t
     predicted = {"basis": "none: the optimizer predicts GPU deployments; the benchmark measures this one"}
     config = {"runtime": runtime, "target": {}, "choice": {"engine": engine, "replicas": replicas, "max_num_seqs": max_num_seqs}}
     return config, predicted
+
+
+def _given_plan(model: RegisteredModel, cluster: Cluster, engine: str, request: dict[str, Any]) -> tuple[dict, dict]:
+    """The settings the deployment gives, checked against what the cluster has."""
+    from tune.search.deploy import RAY_ACCELERATOR_TYPES
+
+    given = request["settings"]
+    replicas = request.get("replicas") or 1
+    gpu = given.get("gpu")
+    by_type = (cluster.inventory or {}).get("gpus_by_type", {})
+    have = {name: int(count) for product, count in by_type.items() if (name := catalog_gpu(product))}
+    workers = given.get("tensor_parallel_size", 1) * given.get("pipeline_parallel_size", 1)
+    predicted = {"basis": "none: the deployment gave its settings"}
+    if gpu is None:
+        if workers > 1:
+            raise PlanError("tensor or pipeline parallelism needs GPUs: name settings.gpu")
+        if cluster.kind == "kubernetes":
+            raise PlanError(f"cluster {cluster.name!r} runs vLLM on GPUs: name settings.gpu")
+        max_num_seqs = given.get("max_num_seqs") or CPU_MAX_NUM_SEQS
+        runtime = {"engine": engine, "model": _model_ref(model), "replicas": replicas, "max_num_seqs": max_num_seqs}
+        choice = {"engine": engine, "replicas": replicas, "max_num_seqs": max_num_seqs}
+        return {"runtime": runtime, "target": {}, "choice": choice}, predicted
+    if gpu not in have:
+        raise PlanError(
+            f"cluster {cluster.name!r} has no {gpu} GPUs (it has: {', '.join(f'{n}x {g}' for g, n in have.items()) or 'none'})"
+        )
+    if workers * replicas > have[gpu]:
+        raise PlanError(f"{replicas} replica(s) of {workers} {gpu} GPUs do not fit in the cluster's {have[gpu]}")
+    runtime = {"engine": "vllm", "model": _model_ref(model), "replicas": replicas,
+               "tensor_parallel_size": given.get("tensor_parallel_size", 1),
+               "pipeline_parallel_size": given.get("pipeline_parallel_size", 1)}  # fmt: skip
+    for key in ("max_num_seqs", "max_num_batched_tokens", "quantization"):
+        if given.get(key) is not None:
+            runtime[key] = given[key]
+    if cluster.kind == "local":
+        runtime["accelerator_type"] = RAY_ACCELERATOR_TYPES.get(gpu)
+    choice = {"gpu": gpu, "tp": runtime["tensor_parallel_size"], "pp": runtime["pipeline_parallel_size"],
+              "replicas": replicas, "max_num_seqs": runtime.get("max_num_seqs"), "gpus_per_replica": workers}  # fmt: skip
+    return {"runtime": runtime, "target": {"gpu": gpu, "model_ref": _model_ref(model)}, "choice": choice}, predicted
 
 
 def _gpu_plan(model: RegisteredModel, cluster: Cluster, request: dict[str, Any], gpus: int) -> tuple[dict, dict]:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -51,6 +51,9 @@ __all__ = [
     "BenchConfig",
     "LevelResult",
     "MeasuringEvaluator",
+    "TrialDeployer",
+    "TrialEndpoint",
+    "TrialUnavailable",
     "PromptFactory",
     "RequestRecord",
     "bench_rows",
@@ -428,29 +431,51 @@ def write_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class TrialEndpoint:
+    """Where a deployed trial answers: an OpenAI-compatible base URL, the model name, a key."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+
+
+class TrialUnavailable(Exception):
+    """This candidate cannot be deployed where the trials run (the reason is the message)."""
+
+
+class TrialDeployer(Protocol):
+    """Deploys one candidate for measuring and removes it afterwards (the control plane's
+    deployments, ``foundry optimize --measure --cluster C``)."""
+
+    def deploy(self, candidate: Any) -> TrialEndpoint: ...
+
+    def remove(self, candidate: Any) -> None: ...
+
+
 class MeasuringEvaluator:
     """Evaluate search candidates by benchmarking instead of predicting (``--measure``).
 
     Each candidate is measured at its per-replica load (``ceil(C / replicas)`` concurrent
-    users) against the endpoint ``deploy(candidate)`` returns; without ``deploy`` every
-    candidate is measured against ``template.base_url`` (a deployment of that candidate must
-    already be serving there: the control plane deploys per trial). Throughput per GPU is the
-    measured output tokens/s over the replica's GPUs. Memory and divisibility constraints are
-    still checked with the physics; infeasible candidates are not benchmarked.
+    users). With a ``deployer`` each candidate is deployed first (its GPU type, TP/PP, replicas
+    and ``max_num_seqs`` applied), measured at the endpoint the deployer returns, and removed
+    after, one at a time; a candidate the deployer cannot place fails with its reason. Without
+    one every candidate is measured against ``template.base_url`` (whatever serves there).
+    Throughput per GPU is the measured output tokens/s over the replica's GPUs. Memory and
+    divisibility constraints are still checked with the physics; infeasible candidates are not
+    benchmarked.
     """
 
-    def __init__(self, space: Any, template: BenchConfig,
-                 deploy: Callable[[Any], str] | None = None) -> None:
+    def __init__(self, space: Any, template: BenchConfig, deployer: TrialDeployer | None = None) -> None:
         self.space = space
         self.template = template
-        self.deploy = deploy
+        self.deployer = deployer
         self._checker: Any = None  # the physics check, loaded where the trials run
 
     def __call__(self, candidates: list[Any]) -> list[Any]:
         from dataclasses import replace
 
         from tune.predict.predictor import Predictor
-        from tune.predict.serving import slo_violation
         from tune.search.space import Evaluation, Evaluator
 
         if self._checker is None:
@@ -461,29 +486,47 @@ class MeasuringEvaluator:
             if not check.feasible:
                 out.append(check)
                 continue
-            base_url = self.deploy(candidate) if self.deploy else self.template.base_url
-            load = -(-self.space.concurrency // candidate.replicas)
-            config = replace(self.template, base_url=base_url, concurrency=(load,),
-                             requests=max(self.template.requests, load))
+            if self.deployer is None:
+                out.append(self._measure(candidate, check, self.template))
+                continue
             try:
-                (result,) = asyncio.run(run_bench(config))
-            except BenchError as exc:
+                endpoint = self.deployer.deploy(candidate)
+            except TrialUnavailable as exc:
                 out.append(Evaluation.failed(candidate, str(exc)))
                 continue
-            s = result.summary()
-            ttft, tpot = s["ttft_mean_ms"], s["tpot_mean_ms"]
-            e2e = s["e2e_mean_ms"]
-            tps_gpu = s["output_tps"] / candidate.gpus_per_replica
-            space = self.space
-            violation = float(slo_violation(
-                ttft, tpot, slo_ttft_ms=space.slo_ttft_ms, slo_tpot_ms=space.slo_tpot_ms,
-                e2e=e2e, slo_e2e_ms=space.slo_e2e_ms))
-            out.append(replace(
-                check, ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, output_tps_per_gpu=tps_gpu,
-                output_tps_total=tps_gpu * check.gpus_used,
-                cost_per_million_tokens_usd=check.gpus_used
-                * space.gpu(candidate.gpu).price_per_hour_usd
-                / max(tps_gpu * check.gpus_used * 3600.0, 1e-9) * 1e6,
-                violation=violation, ttft_bound_ms=ttft, tpot_bound_ms=tpot,
-            ))
+            try:
+                config = replace(self.template, base_url=endpoint.base_url, model=endpoint.model,
+                                 api_key=endpoint.api_key or self.template.api_key)  # fmt: skip
+                out.append(self._measure(candidate, check, config))
+            finally:
+                self.deployer.remove(candidate)
         return out
+
+    def _measure(self, candidate: Any, check: Any, template: BenchConfig) -> Any:
+        from dataclasses import replace
+
+        from tune.predict.serving import slo_violation
+        from tune.search.space import Evaluation
+
+        load = -(-self.space.concurrency // candidate.replicas)
+        config = replace(template, concurrency=(load,), requests=max(template.requests, load))
+        try:
+            (result,) = asyncio.run(run_bench(config))
+        except BenchError as exc:
+            return Evaluation.failed(candidate, str(exc))
+        s = result.summary()
+        ttft, tpot = s["ttft_mean_ms"], s["tpot_mean_ms"]
+        e2e = s["e2e_mean_ms"]
+        tps_gpu = s["output_tps"] / candidate.gpus_per_replica
+        space = self.space
+        violation = float(slo_violation(
+            ttft, tpot, slo_ttft_ms=space.slo_ttft_ms, slo_tpot_ms=space.slo_tpot_ms,
+            e2e=e2e, slo_e2e_ms=space.slo_e2e_ms))
+        return replace(
+            check, ttft_ms=ttft, tpot_ms=tpot, e2e_ms=e2e, output_tps_per_gpu=tps_gpu,
+            output_tps_total=tps_gpu * check.gpus_used,
+            cost_per_million_tokens_usd=check.gpus_used
+            * space.gpu(candidate.gpu).price_per_hour_usd
+            / max(tps_gpu * check.gpus_used * 3600.0, 1e-9) * 1e6,
+            violation=violation, ttft_bound_ms=ttft, tpot_bound_ms=tpot,
+        )

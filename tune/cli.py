@@ -37,8 +37,16 @@ tune_app = typer.Typer(
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``predict``, ``optimize``, ``bench`` and the ``tune`` group to ``app``."""
+# Makes the deployer of ``optimize --measure --cluster C`` (the control plane gives it: tune may
+# not import control): ``factory(cluster=, model=, api=, api_key=)`` -> a tune.bench.TrialDeployer.
+_trial_deployer: Callable[..., Any] | None = None
+
+
+def register(app: typer.Typer, *, trial_deployer: Callable[..., Any] | None = None) -> None:
+    """Add ``predict``, ``optimize``, ``bench`` and the ``tune`` group to ``app``;
+    ``trial_deployer`` lets ``optimize --measure --cluster`` deploy each trial."""
+    global _trial_deployer
+    _trial_deployer = trial_deployer
     app.command("predict")(predict)
     app.command("optimize")(optimize)
     app.command("bench")(bench)
@@ -178,8 +186,15 @@ def optimize(
     measure: Annotated[
         bool, typer.Option("--measure", help="benchmark each trial (foundry bench) via Ray Tune")
     ] = False,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="endpoint for --measure")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="endpoint for --measure (without --cluster)")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key for --measure")] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="with --measure: deploy each trial on this registered cluster, measure it, remove it")
+    ] = None,
+    deploy_model: Annotated[
+        str | None, typer.Option("--deploy-model", help="with --cluster: the registered model to deploy (default: --model)")
+    ] = None,
+    api: Annotated[str, typer.Option("--api", envvar="FOUNDRY_API", help="control API, with --cluster")] = "http://127.0.0.1:8000/api",
     requests: Annotated[int, typer.Option("--requests", help="requests per trial for --measure")] = 16,
     artifacts: Annotated[Path | None, typer.Option("--artifacts", help="predictor artifacts directory")] = None,
     risk: Annotated[
@@ -215,7 +230,7 @@ def optimize(
             slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms,
             objective=objective, search=search, as_json=as_json, seed=seed, price=price, risk=risk,
             use_ray=use_ray or measure, measure=measure, base_url=base_url, api_key=api_key,
-            requests=requests, artifacts=artifacts,
+            requests=requests, artifacts=artifacts, cluster=cluster, deploy_model=deploy_model, api=api,
         )
 
 
@@ -269,16 +284,24 @@ def _search(**kw: Any) -> None:
         raise InvalidInput(f"{'.'.join(str(p) for p in first['loc']) or 'input'}: {first['msg']}") from None
     predictor = _predictor(kw["artifacts"])
     evaluate = None
+    if kw["cluster"] and not kw["measure"]:
+        raise InvalidInput("--cluster deploys trials to measure them: add --measure")
     if kw["measure"]:
         from tune.bench import BenchConfig, MeasuringEvaluator
 
-        if not kw["base_url"]:
-            raise InvalidInput("--measure needs --base-url (the endpoint to benchmark)")
+        deployer = None
+        if kw["cluster"]:
+            if _trial_deployer is None:
+                raise InvalidInput("--cluster needs the control plane's deployments (run `foundry optimize`)")
+            deployer = _trial_deployer(cluster=kw["cluster"], model=kw["deploy_model"] or space.model,
+                                       api=kw["api"], api_key=kw["api_key"])  # fmt: skip
+        elif not kw["base_url"]:
+            raise InvalidInput("--measure needs --cluster (deploy each trial) or --base-url (an endpoint already serving)")
         template = BenchConfig(
-            base_url=kw["base_url"], model=space.model, isl=space.isl, osl=space.osl,
+            base_url=kw["base_url"] or "http://unused/v1", model=space.model, isl=space.isl, osl=space.osl,
             concurrency=(1,), requests=kw["requests"], api_key=kw["api_key"],
         )
-        evaluate = MeasuringEvaluator(space, template)
+        evaluate = MeasuringEvaluator(space, template, deployer)
     result = run_optimize(
         space, search=kw["search"], seed=kw["seed"], predictor=predictor,
         driver="ray" if kw["use_ray"] else "inprocess", evaluate=evaluate,

@@ -37,7 +37,9 @@ def _register() -> None:
     models.register(app)
     clusters.register(app)
     deploy.register(app)
-    tune_cli.register(app)
+    from control.trials import ClusterDeployer
+
+    tune_cli.register(app, trial_deployer=ClusterDeployer)
 
 
 _register()

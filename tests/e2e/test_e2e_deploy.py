@@ -119,9 +119,34 @@ def test_deploy_chat_scale_delete_on_the_local_cluster(tmp_path, config):
         with pytest.raises(Exception) as refused:
             gone.create(model="tiny-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert getattr(refused.value, "status_code", None) == 404
+        measure_trials_on_the_cluster(stack)
         assert api(stack, "DELETE", "/models/foundry-tiny").status_code in (200, 204)
     finally:
         assert stack.stop() == 0
+
+
+def measure_trials_on_the_cluster(stack) -> None:
+    """`foundry optimize --measure --cluster local`'s evaluator: a CPU candidate is deployed with
+    its settings, measured through the gateway and removed; a GPU candidate cannot be placed on
+    this CPU-only cluster and fails with the reason."""
+    from control.trials import ClusterDeployer
+    from tune.bench import BenchConfig, MeasuringEvaluator
+    from tune.search.space import NATIVE, Candidate, SearchSpace
+
+    path = api(stack, "GET", "/models/foundry-tiny").json()["path"]
+    space = SearchSpace(model=path, gpus=("cpu", "l4"), num_gpus=1, isl=32, osl=8, concurrency=2,
+                        slo_ttft_ms=60_000, slo_tpot_ms=10_000)  # fmt: skip
+    template = BenchConfig(base_url="http://unused/v1", model=path, isl=32, osl=8, concurrency=(1,), requests=4)
+    deployer = ClusterDeployer(cluster="local", model="foundry-tiny", api=stack.api_url, api_key=ADMIN_KEY)
+    cpu = Candidate(gpu="cpu", tp=1, pp=1, replicas=1, max_num_seqs=4, precision=NATIVE,
+                    max_num_batched_tokens=2048, genes=(0,))  # fmt: skip
+    l4 = Candidate(gpu="l4", tp=1, pp=1, replicas=1, max_num_seqs=4, precision=NATIVE,
+                   max_num_batched_tokens=2048, genes=(1,))  # fmt: skip
+    measured, refused = MeasuringEvaluator(space, template, deployer)([cpu, l4])
+    assert measured.feasible and measured.ttft_ms > 0 and measured.output_tps_per_gpu > 0, measured
+    assert not refused.feasible and "no l4 GPUs" in refused.reason, refused
+    left = [d["name"] for d in api(stack, "GET", "/deployments").json()["data"]]
+    assert not [n for n in left if n.startswith("trial-")], left  # each trial was removed
 
 
 def test_a_stack_killed_mid_deploy_finishes_it_after_a_restart_with_one_application(tmp_path, config):
