@@ -66,6 +66,7 @@ __all__ = [
     "RayServicePlan",
     "RenderError",
     "UnsupportedGPU",
+    "plan_for_runtime",
     "plan_from_evaluation",
     "rayservice_name",
     "render_for_target",
@@ -120,13 +121,16 @@ class NothingFits(RenderError):
 
 
 def _catalog_gpu(gpu: str) -> str:
+    """The optimizer's name of ``gpu``: a catalog name (``h100_sxm``), or a GPU product string as
+    Ray or NVIDIA GPU feature discovery write it (``H100``, ``NVIDIA-L4``)."""
+    from control.planning import catalog_gpu
     from tune.catalog.hardware import get_gpu
     from tune.errors import TuneError
 
     try:
         name = get_gpu(gpu).name
     except TuneError:
-        raise UnsupportedGPU(gpu) from None
+        name = catalog_gpu(gpu) or ""
     if name not in GPU_PRODUCTS:
         raise UnsupportedGPU(gpu)
     return name
@@ -310,6 +314,36 @@ def plan_from_evaluation(
         name=rayservice_name(name or model), namespace=namespace, served_model_name=served, runtime=runtime,
         gpu=gpu, replicas=start, min_replicas=low, max_replicas=high,
         target_ongoing_requests=max(1, evaluation.batch_per_replica), annotations=annotations, **plan_fields,
+    )  # fmt: skip
+
+
+def plan_for_runtime(
+    name: str,
+    runtime: VLLMRuntimeConfig | dict[str, Any],
+    *,
+    gpu: str,
+    namespace: str = "default",
+    served_model_name: str | None = None,
+    **plan_fields: Any,
+) -> RayServicePlan:
+    """The plan of a vLLM runtime table already chosen (``control.planning``'s ``config["runtime"]``),
+    on ``gpu`` (a catalog name or a product string the catalog knows). Its ``replicas``, or its
+    ``[autoscaling]`` bounds, become the worker group's; ``runtime.model`` must be a path on the pods.
+
+    >>> p = plan_for_runtime("chat", {"engine": "vllm", "model": "/models/m", "tensor_parallel_size": 2}, gpu="H100")
+    >>> p.name, p.gpu, p.gpus_per_pod, (p.min_replicas, p.replicas, p.max_replicas)
+    ('chat', 'h100_sxm', 2, (1, 1, 1))
+    """
+    table = runtime if isinstance(runtime, VLLMRuntimeConfig) else VLLMRuntimeConfig.model_validate(runtime)
+    if table.autoscaling is not None:
+        low, high = max(1, table.autoscaling.min_replicas), table.autoscaling.max_replicas
+        start = low
+        plan_fields.setdefault("target_ongoing_requests", table.autoscaling.target_ongoing_requests)
+    else:
+        low = high = start = table.replicas
+    return RayServicePlan(
+        name=rayservice_name(name), namespace=namespace, served_model_name=served_model_name or name,
+        runtime=table, gpu=_catalog_gpu(gpu), replicas=start, min_replicas=low, max_replicas=high, **plan_fields,
     )  # fmt: skip
 
 

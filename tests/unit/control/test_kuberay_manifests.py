@@ -26,6 +26,7 @@ from control.kuberay.manifests import (
     RayServicePlan,
     UnsupportedGPU,
     example_files,
+    plan_for_runtime,
     rayservice_name,
     render_for_target,
     render_rayservice,
@@ -140,6 +141,24 @@ def test_serve_config_runs_the_endpoint():
     assert manifest["metadata"]["annotations"]["ray.io/initializing-timeout"] == "1800s"
     assert manifest["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     assert container(group)["image"] == IMAGE
+
+
+def test_plan_for_a_chosen_runtime_table():
+    """What control.planning chose (its config["runtime"] and config["target"]["gpu"])."""
+    runtime = {"engine": "vllm", "model": "/models/llama", "tensor_parallel_size": 2, "max_num_seqs": 32, "replicas": 3}
+    manifest = admit(render_rayservice(plan_for_runtime("Llama 3.1 8B", runtime, gpu="l40s", namespace="ml")))
+    [group] = workers(manifest)
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
+    assert container(group)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert manifest["metadata"]["name"] == "llama-3-1-8b" and manifest["metadata"]["namespace"] == "ml"
+    args = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][1]["args"]
+    assert args["name"] == "Llama 3.1 8B" and args["runtime"]["replicas"] == 3
+    scaled = dict(runtime, autoscaling={"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 8})
+    del scaled["replicas"]
+    p = plan_for_runtime("chat", scaled, gpu="NVIDIA-H100-80GB-HBM3")
+    assert (p.gpu, p.min_replicas, p.replicas, p.max_replicas, p.target_ongoing_requests) == ("h100_sxm", 1, 1, 4, 8)
+    with pytest.raises(UnsupportedGPU):
+        plan_for_runtime("chat", runtime, gpu="mi300x")
 
 
 def test_local_serve_config():
