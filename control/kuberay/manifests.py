@@ -53,6 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from control.errors import InvalidRequest
+from control.kuberay.schema import admit
 from serve.config import AutoscalingConfig, VLLMRuntimeConfig, runtime_from_deployment_spec
 from serve.endpoint import DEFAULT_KEY_ENV, EndpointConfig, serve_applications
 
@@ -348,7 +349,15 @@ def plan_for_runtime(
 
 
 def render_rayservice(plan: RayServicePlan) -> dict[str, Any]:
-    """The ``ray.io/v1`` RayService of ``plan`` (a dict, as ``yaml.safe_load`` would give it)."""
+    """The ``ray.io/v1`` RayService of ``plan`` (a dict, as ``yaml.safe_load`` would give it),
+    checked with :func:`control.kuberay.admit` (a :class:`~control.kuberay.ManifestInvalid` here
+    is a bug of this module). Returned as written, without the defaults the API server adds."""
+    manifest = _rayservice(plan)
+    admit(manifest)
+    return manifest
+
+
+def _rayservice(plan: RayServicePlan) -> dict[str, Any]:
     def env() -> list[dict[str, Any]]:  # a list per container: no YAML anchors in the output
         secret = {"secretKeyRef": {"name": plan.secret_name, "key": KEY_SECRET_KEY}}
         return [{"name": DEFAULT_KEY_ENV, "valueFrom": secret}, {"name": "HF_HUB_OFFLINE", "value": "1"},
@@ -476,11 +485,9 @@ def render_for_target(
     """``(plan, manifest)`` for a KubeRay cluster of ``num_gpus`` GPUs of type ``gpu``: the
     optimizer's search (``tune.optimize``) for ``model`` (a catalog id such as
     ``meta-llama/Llama-3.1-70B-Instruct``) under the workload and SLOs, then the RayService of its
-    best pick. The manifest is admitted (:func:`control.kuberay.admit`) before it is returned; its
-    GPUs at full scale fit in ``num_gpus``. Raises :class:`UnsupportedGPU` or :class:`NothingFits`.
+    best pick (admitted, as every rendered manifest); its GPUs at full scale fit in ``num_gpus``. Raises :class:`UnsupportedGPU` or :class:`NothingFits`.
     """
     import tune
-    from control.kuberay.schema import admit
     from control.planning import DEFAULT_SLO_TPOT_MS, DEFAULT_SLO_TTFT_MS
 
     catalog = _catalog_gpu(gpu)
@@ -498,9 +505,7 @@ def render_for_target(
         model, result.best, isl=isl, osl=osl, name=name, namespace=namespace or "default",
         model_path=model_path, num_gpus=num_gpus, replicas=replicas, **plan_fields,
     )  # fmt: skip
-    manifest = render_rayservice(plan)
-    admit(manifest)
-    return plan, manifest
+    return plan, render_rayservice(plan)
 
 
 # --- examples ----------------------------------------------------------------------------------
