@@ -25,7 +25,7 @@ from control.kuberay.manifests import (
     NothingFits,
     RayServicePlan,
     UnsupportedGPU,
-    example_files,
+    _main,
     plan_for_runtime,
     rayservice_name,
     render_for_target,
@@ -206,8 +206,12 @@ def test_nothing_fits():
 
 
 @pytest.fixture(scope="module")
-def generated() -> dict[str, str]:
-    return example_files()  # three optimizer searches (the tests using it are marked slow)
+def generated(tmp_path_factory) -> dict[str, str]:
+    """The examples as the entry point writes them, into a fresh directory (three optimizer
+    searches: the tests using them are marked slow)."""
+    out = tmp_path_factory.mktemp("examples")
+    assert _main(["--examples", str(out)]) == 0
+    return {p.name: p.read_text() for p in out.iterdir()}
 
 
 @pytest.mark.slow
