@@ -65,20 +65,33 @@ __all__ = [
     "get_model",
     "list_models",
     "missing_files",
+    "source_error",
     "to_architecture",
     "update_model",
 ]
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$"
-"""Letters, digits, '.', '_' and '-', in '/'-separated parts (``meta-llama/Llama-3.1-8B``)."""
 MAX_NAME = 128
+MAX_SOURCE = 1024
+_MODEL_ID = r"[A-Za-z0-9][A-Za-z0-9._/-]{0,%d}" % (MAX_NAME - 1)
+NAME_PATTERN = rf"^{_MODEL_ID}$"
+"""Up to 128 letters, digits, '.', '_', '-' and '/', starting with a letter or digit
+(``meta-llama/Llama-3.1-8B``): a model name, and the model id of a provider source."""
+_BUILTIN_MODELS = (tiny.TINY_NAME,)
+_DIRECTORY = r"/([^\x00-\x1f\x7f]*/)?[A-Za-z0-9][^/\x00-\x1f\x7f]*/?"  # its name starts with a letter or digit
+SOURCE_PATTERN = (
+    rf"^({_DIRECTORY}|builtin:({'|'.join(_BUILTIN_MODELS)})|({'|'.join(PROVIDER_TYPES)}):{_MODEL_ID})$"
+)
+"""What ``source`` accepts: an absolute path of a directory whose name starts with a letter or
+digit, a built-in model, or ``TYPE:MODEL``."""
 MAX_DESCRIPTION = 2000
 MAX_TAGS = 32
 MAX_TAG = 64
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(_MODEL_ID)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PATH = re.compile(_DIRECTORY)
+_CONTROL_BUT_TABS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tabs and newlines are fine
 _TAG = re.compile(r"^[^\x00-\x1f\x7f,]+$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(.*)$", re.DOTALL)
-_BUILTIN_MODELS = (tiny.TINY_NAME,)
 
 DERIVED_KEYS = ("dtype", "parameters", "active_parameters", "context_length")
 """Keys of a stored architecture that are derived, not :class:`Architecture` fields."""
@@ -221,39 +234,61 @@ class _Source:
         self.source, self.kind, self.path, self.provider, self.default_name = source, kind, path, provider, default_name
 
 
+def source_error(source: str) -> tuple[str, str] | None:
+    """Why ``source`` is not a source (message, error code), None if it is one: exactly the
+    strings :data:`SOURCE_PATTERN` refuses, each with its reason.
+
+    >>> source_error("openai:gpt-4o-mini"), source_error("/models/llama")
+    (None, None)
+    >>> source_error("ollama:llama3")[1], source_error("models/llama")[1]
+    ('unknown_provider_type', 'invalid_value')
+    """
+    if not 0 < len(source) <= MAX_SOURCE:
+        return f"source must be 1 to {MAX_SOURCE} characters", "invalid_value"
+    if _CONTROL.search(source):
+        return "source must not hold control characters", "invalid_value"
+    scheme = _SCHEME.match(source)
+    if source.startswith("/"):
+        if _PATH.fullmatch(source):
+            return None
+        return f"the model directory's name must start with a letter or digit: {source[:200]!r}", "invalid_value"
+    if scheme is None or source.startswith(("~", ".")):
+        return f"a model directory must be an absolute path, not {source[:200]!r}", "invalid_value"
+    kind, rest = scheme.group(1), scheme.group(2)
+    if kind == "builtin":
+        if rest in _BUILTIN_MODELS:
+            return None
+        known = ", ".join(f"builtin:{m}" for m in _BUILTIN_MODELS)
+        return f"unknown built-in model {source[:100]!r}; known: {known}", "unknown_model"
+    if kind not in PROVIDER_TYPES:
+        return (f"unknown provider type {kind[:40]!r} in source; known: builtin, {', '.join(PROVIDER_TYPES)}, "
+                "or an absolute path to a model directory"), "unknown_provider_type"  # fmt: skip
+    if not _NAME.fullmatch(rest):
+        return (f"the model id after '{kind}:' must be 1 to {MAX_NAME} letters, digits, '.', '_', '-' and '/', "
+                f"starting with a letter or digit (e.g. {kind}:gpt-4o-mini), not {rest[:200]!r}"), "invalid_value"
+    return None
+
+
 def _parse_source(source: str, provider: dict | None) -> _Source:
-    text = source.strip()
-    if not text or len(text) > 1024 or "\x00" in text:
-        raise InvalidRequest("source must be 1 to 1024 characters without NUL", param="source")
-    scheme = _SCHEME.match(text)
-    if text.startswith(("/", "~", ".")) or scheme is None:
+    if (error := source_error(source)) is not None:
+        raise InvalidRequest(error[0], param="source", code=error[1])
+    if source.startswith("/"):
         if provider is not None:
             raise InvalidRequest("provider settings go with a provider model (TYPE:MODEL), not a directory",
                                  param="provider")  # fmt: skip
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            raise InvalidRequest(f"a model directory must be an absolute path, not {text[:200]!r}", param="source")
-        path = Path(_normalized(path))
-        return _Source(str(path), "local", path=path, default_name=path.name)
-    kind, rest = scheme.group(1), scheme.group(2).strip()
+        path = Path(_normalized(Path(source)))
+        if not path.is_dir():  # the directory the body names is not there: like any unknown reference
+            raise NotFound(f"model directory {str(path)[:300]!r} does not exist (on the control API's machine)",
+                           param="source", code="model_directory_not_found")  # fmt: skip
+        default = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name).strip("-._")[:MAX_NAME]  # as given, not resolved
+        return _Source(str(path), "local", path=path, default_name=default)
+    kind, _, rest = source.partition(":")
     if kind == "builtin":
         if provider is not None:
             raise InvalidRequest("provider settings go with a provider model, not a built-in one", param="provider")
-        name = rest
-        if name not in _BUILTIN_MODELS:
-            known = ", ".join(f"builtin:{m}" for m in _BUILTIN_MODELS)
-            raise InvalidRequest(f"unknown built-in model {text[:100]!r}; known: {known}", param="source",
-                                 code="unknown_model")  # fmt: skip
-        return _Source(f"builtin:{name}", "builtin", default_name=name)
-    if kind not in PROVIDER_TYPES:
-        raise InvalidRequest(
-            f"unknown provider type {kind[:40]!r} in source; known: builtin, {', '.join(PROVIDER_TYPES)}, "
-            "or an absolute path to a model directory", param="source", code="unknown_provider_type",
-        )  # fmt: skip
-    if not rest:
-        raise InvalidRequest(f"name the model after '{kind}:' (e.g. openai:gpt-4o-mini)", param="source")
+        return _Source(source, "builtin", default_name=rest)
     table = _provider_table(kind, rest, provider or {})
-    return _Source(f"{kind}:{rest}", "provider", provider=table, default_name=rest)
+    return _Source(source, "provider", provider=table, default_name=rest)
 
 
 def _normalized(path: Path) -> str:
@@ -279,7 +314,7 @@ def _provider_table(kind: str, model: str, extra: dict) -> dict[str, Any]:
                              param=f"provider.{target}")  # fmt: skip
     table = {**extra, "type": kind, target: model}
     try:
-        checked = _PROVIDER.validate_python(table)
+        checked = _PROVIDER.validate_python(table, strict=True)  # JSON types, as the API documents them
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"][1:] if p != kind) or None  # loc[0] is the union tag
@@ -289,16 +324,16 @@ def _provider_table(kind: str, model: str, extra: dict) -> dict[str, Any]:
 
 
 def _check_name(name: str) -> str:
-    if not (0 < len(name) <= MAX_NAME) or not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidRequest(
-            f"model name {name[:200]!r} is not allowed: up to {MAX_NAME} letters, digits, '.', '_' and '-', "
-            "in parts separated by '/' (give another with name / --name)", param="name", code="invalid_name",
+            f"model name {name[:200]!r} is not allowed: up to {MAX_NAME} letters, digits, '.', '_', '-' and '/', "
+            "starting with a letter or digit (give another with name / --name)", param="name", code="invalid_name",
         )  # fmt: skip
     return name
 
 
 def _check_description(description: str) -> str:
-    if len(description) > MAX_DESCRIPTION or re.search(r"[\x00-\x08\x0b-\x1f\x7f]", description):
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION or _CONTROL_BUT_TABS.search(description):
         raise InvalidRequest(f"description: at most {MAX_DESCRIPTION} characters, no control characters",
                              param="description")  # fmt: skip
     return description
@@ -307,11 +342,11 @@ def _check_description(description: str) -> str:
 def _check_tags(tags: Sequence[str]) -> list[str]:
     if isinstance(tags, str):
         raise InvalidRequest("tags must be a list of strings", param="tags")
-    unique = list(dict.fromkeys(t.strip() for t in tags))
+    unique = list(dict.fromkeys(tags))
     if len(unique) > MAX_TAGS:
         raise InvalidRequest(f"at most {MAX_TAGS} tags", param="tags")
     for tag in unique:
-        if not (0 < len(tag) <= MAX_TAG) or not _TAG.match(tag):
+        if not isinstance(tag, str) or not (0 < len(tag) <= MAX_TAG) or not _TAG.fullmatch(tag):
             raise InvalidRequest(f"tag {tag[:80]!r}: 1 to {MAX_TAG} characters, no commas or control characters",
                                  param="tags")  # fmt: skip
     return unique
@@ -338,7 +373,7 @@ async def add_model(
     ``exist_ok`` is false: 409); the name with another source is a 409. Bad input is a 400
     naming the field (a directory's missing files listed)."""
     parsed = _parse_source(source, provider)
-    name = _check_name(name.strip() if name is not None else parsed.default_name)
+    name = _check_name(name if name is not None else parsed.default_name)
     description = _check_description(description)
     tags = _check_tags(tags)
     existing = await session.scalar(select(RegisteredModel).where(RegisteredModel.name == name))

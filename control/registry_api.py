@@ -2,8 +2,8 @@
 
     POST   /api/models          {"source": "/models/Llama-3.1-8B-Instruct", "name": "llama-8b", "tags": ["chat"]}
                                 {"source": "builtin:foundry-tiny"}
-                                {"source": "openai:gpt-4o-mini", "provider": {"api_key_env": "OPENAI_KEY"}}
-                                {"provider": {"type": "together", "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo"}}
+                                {"source": "openai:gpt-4o-mini"}
+                                {"provider": {"type": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_KEY"}}
     GET    /api/models[?tag=chat]
     GET    /api/models/{id or name}
     PATCH  /api/models/{id or name}   {"description": "...", "tags": [...]}
@@ -18,10 +18,10 @@ The app includes :func:`router` (see :func:`control.app.create_app`).
 # No `from __future__ import annotations`: FastAPI must see the `Session` type that router() is given.
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from control import registry
 from control.audit import Audit
@@ -29,70 +29,110 @@ from control.errors import InvalidRequest
 from control.models import RegisteredModel
 from control.permissions import Access, authorize
 from control.schemas import ErrorResponse
-from serve.config import PROVIDER_TYPES
+from serve.config import PROVIDER_TYPES, ProviderConfig
 
 __all__ = ["ModelCreate", "ModelPage", "ModelPublic", "ModelUpdate", "router"]
 
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Tag = Annotated[str, Field(min_length=1, max_length=registry.MAX_TAG, pattern=r"^[^\x00-\x1f\x7f,]+$")]
 Description = Annotated[str, Field(max_length=registry.MAX_DESCRIPTION, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")]
+_KEY_SOURCES = ("api_key_env", "api_key_encrypted")
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field that may be left out but not sent as null: no ``"default": null`` in the docs."""
+    schema.pop("default", None)
+
+
+def _provider_schema() -> dict[str, Any]:
+    """The JSON schema of a provider table in a request: the gateway's provider models, with the
+    model id (``runtime`` for ``local``) required, as the registry names the model by it."""
+    variants = []
+    for provider in get_args(get_args(ProviderConfig)[0]):
+        schema = provider.model_json_schema()
+        schema.pop("title", None)
+        schema.pop("description", None)
+        target = "runtime" if "runtime" in schema["properties"] else "model"
+        schema["properties"][target] = {"type": "string", "pattern": registry.NAME_PATTERN,
+                                        "description": "the model id (the default registry name)"}  # fmt: skip
+        schema["required"] = ["type", target]
+        if _KEY_SOURCES[0] in schema["properties"]:
+            schema["not"] = {"required": list(_KEY_SOURCES)}  # one key source at most
+        variants.append(schema)
+    return {"oneOf": variants, "description": "a [models.X.providers.Y] table of foundry.toml, with type and model"}
 
 
 class ModelCreate(BaseModel):
-    """A model to register: ``source``, or a provider table (``type`` and ``model``) alone."""
+    """A model to register: ``source``, or a provider table (with its ``type`` and ``model``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["source"]}, {"required": ["provider"]}]}
+    )
 
-    source: str | None = Field(
-        default=None, min_length=1, max_length=1024, pattern=_PRINTABLE,
-        description="an absolute path to a model directory, builtin:foundry-tiny, or TYPE:MODEL with TYPE one of "
-        + ", ".join(PROVIDER_TYPES),
+    source: str = Field(
+        default=None, min_length=1, max_length=registry.MAX_SOURCE,
+        json_schema_extra=lambda schema: schema.update(pattern=registry.SOURCE_PATTERN) or _no_default(schema),
+        description="an absolute path to a model directory (on the control API's machine), builtin:foundry-tiny, "
+        "or TYPE:MODEL with TYPE one of " + ", ".join(PROVIDER_TYPES),
         examples=["builtin:foundry-tiny", "/models/Llama-3.1-8B-Instruct", "openai:gpt-4o-mini"],
     )  # fmt: skip
-    name: str | None = Field(
+    name: str = Field(
         default=None, min_length=1, max_length=registry.MAX_NAME, pattern=registry.NAME_PATTERN,
         description="default: the directory's name, foundry-tiny, or the provider's model id",
+        json_schema_extra=_no_default,
     )  # fmt: skip
     description: Description = ""
     tags: list[Tag] = Field(default=[], max_length=registry.MAX_TAGS)
-    provider: dict[str, Any] | None = Field(
-        default=None,
-        description="the rest of a [models.X.providers.Y] table for a provider model (base_url, api_key_env, ...)",
+    provider: Annotated[dict[str, Any], WithJsonSchema(_provider_schema())] = Field(
+        default=None, json_schema_extra=_no_default
     )
+
+    @field_validator("source")
+    @classmethod
+    def _a_source(cls, source: str) -> str:
+        if (error := registry.source_error(source)) is not None:
+            raise ValueError(error[0])
+        return source
 
     @model_validator(mode="after")
     def _source_or_provider(self) -> "ModelCreate":
-        if self.source is None and self.provider is None:
-            raise ValueError("give source (or a provider table with its type and model)")
+        if (self.source is None) == (self.provider is None):
+            raise ValueError("give source or a provider table (with its type and model), not both")
         return self
 
-    def resolved_source(self) -> str:
-        """``source``, or ``TYPE:MODEL`` of the provider table."""
-        if self.source is not None:
-            return self.source
-        assert self.provider is not None
-        kind = self.provider.get("type")
+    def resolved(self) -> tuple[str, dict[str, Any] | None]:
+        """The registry's ``source`` and ``provider`` settings: a provider table alone becomes
+        ``TYPE:MODEL`` and the rest of the table."""
+        if self.provider is None:
+            return self.source, None
+        table = dict(self.provider)
+        kind = table.pop("type", None)
         if not isinstance(kind, str) or kind not in PROVIDER_TYPES:
             shown = f" {str(kind)[:40]!r}" if kind is not None else ""
             raise InvalidRequest(f"unknown provider type{shown}; known: {', '.join(PROVIDER_TYPES)}",
                                  param="provider.type", code="unknown_provider_type")  # fmt: skip
         target = "runtime" if kind == "local" else "model"
-        model = self.provider.get(target)
-        if not isinstance(model, str) or not model.strip():
-            raise InvalidRequest(f"provider.{target} is required without a source", param=f"provider.{target}",
-                                 code="missing_field")  # fmt: skip
-        return f"{kind}:{model.strip()}"
+        model = table.pop(target, None)
+        if not isinstance(model, str) or registry.source_error(f"{kind}:{model}") is not None:
+            raise InvalidRequest(
+                f"provider.{target}: the model id, 1 to {registry.MAX_NAME} letters, digits, '.', '_', '-' and '/' "
+                "starting with a letter or digit", param=f"provider.{target}", code="invalid_value",
+            )  # fmt: skip
+        if all(k in table for k in _KEY_SOURCES):
+            raise InvalidRequest("give api_key_env or api_key_encrypted, not both", param="provider.api_key_env")
+        return f"{kind}:{model}", table
 
 
 class ModelUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    description: Description | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=registry.MAX_TAGS, description="replaces the tags")
+    description: Description = Field(default=None, json_schema_extra=_no_default)
+    tags: list[Tag] = Field(
+        default=None, max_length=registry.MAX_TAGS, description="replaces the tags", json_schema_extra=_no_default
+    )
 
     @model_validator(mode="after")
     def _something(self) -> "ModelUpdate":
-        if self.description is None and self.tags is None:
+        if not self.model_fields_set:
             raise ValueError("nothing to change: give description or tags")
         return self
 
@@ -154,19 +194,25 @@ def router(Session: Any, audit_for: Callable[[Access], Audit]) -> APIRouter:
         """Register a model and read its architecture from its config.json (a provider's model:
         from the optimizer's catalog). A directory lacking config.json, a tokenizer or weights is
         a 400 naming them; a name already registered, a 409."""
+        source, provider = body.resolved()
         model = await registry.add_model(
-            session, source=body.resolved_source(), name=body.name, description=body.description, tags=body.tags,
-            provider=body.provider, created_by=access.caller.actor, audit=audit_for(access), exist_ok=False,
+            session, source=source, name=body.name, description=body.description, tags=body.tags, provider=provider,
+            created_by=access.caller.actor, audit=audit_for(access), exist_ok=False,
         )  # fmt: skip
         return ModelPublic.of(model)
 
     @api.get("", response_model=ModelPage)
     async def list_models(
+        request: Request,
         session: Session,
         access: Annotated[Access, authorize("model:view")],
-        tag: Annotated[str | None, Query(min_length=1, max_length=registry.MAX_TAG, description="only this tag")] = None,
+        tag: Annotated[str | None, Query(min_length=1, max_length=registry.MAX_TAG, description="only this tag")] = (
+            None
+        ),
     ) -> ModelPage:
         """Every registered model, by name."""
+        if len(request.query_params.getlist("tag")) > 1:
+            raise InvalidRequest("give tag once", param="tag")
         return ModelPage(data=[ModelPublic.of(m) for m in await registry.list_models(session, tag=tag)])
 
     @api.get("/{ref:path}", response_model=ModelPublic)

@@ -43,7 +43,7 @@ from control.cli.admin import (
 
 ModelArg = Annotated[str, typer.Argument(help="The model's id or name.")]
 TagOption = Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeat for more.")]
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*:")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):")
 
 
 def register(app: typer.Typer) -> None:
@@ -78,17 +78,20 @@ def models_add(
     api_key: ApiKeyOption = None,
 ) -> None:  # fmt: skip
     """Register a model; its architecture is read from its config.json for the optimizer."""
-    provider = _provider(base_url, api_key_env, options or [])
-    if not _SCHEME.match(source) or source.startswith(("/", "~", ".")):
-        directory = Path(source).expanduser()
-        if provider:
+    settings = _provider(base_url, api_key_env, options or [])
+    scheme = _SCHEME.match(source)
+    if scheme is None or source.startswith(("/", "~", ".")):
+        if settings:
             _fail("--base-url, --api-key-env and --provider-option go with a provider model (TYPE:MODEL)")
+        directory = Path(source).expanduser()  # the shell's path, sent absolute
         source = str(directory.resolve()) if directory.exists() else str(directory.absolute())
     body: dict[str, Any] = {"source": source, "description": description, "tags": tags or []}
+    if settings:  # a provider model with settings: the whole provider table instead of the source
+        kind, model = scheme.group(1), source[scheme.end():]
+        body.pop("source")
+        body["provider"] = {**settings, "type": kind, "runtime" if kind == "local" else "model": model}
     if name is not None:
         body["name"] = name
-    if provider:
-        body["provider"] = provider
     model = _Client(api, api_key).call("POST", "/models", json=body)
     if as_json:
         _print_json(model)

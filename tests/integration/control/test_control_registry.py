@@ -157,29 +157,40 @@ async def test_duplicates_and_bad_sources_are_refused_naming_the_problem(api: Ap
     no_config_dir = model_dir(tmp_path / "nc", config=False)
     no_config = error(await api.client.post("/models", json={"source": str(no_config_dir)}), 400)
     assert "lacks config.json" in no_config["message"]
+    absent = error(await api.client.post("/models", json={"source": str(tmp_path / "absent")}), 404)
+    assert (absent["param"], absent["code"]) == ("source", "model_directory_not_found")
+    openai = {"type": "openai", "model": "x"}
     cases = {
         "relative": ({"source": "models/m"}, "source", "absolute path"),
-        "absent": ({"source": str(tmp_path / "absent")}, "source", "does not exist"),
+        "home": ({"source": "~/models/m"}, "source", "absolute path"),
         "unknown type": ({"source": "ollama:llama3"}, "source", "unknown provider type 'ollama'"),
         "unknown builtin": ({"source": "builtin:gpt-5"}, "source", "unknown built-in model"),
+        "bad model id": ({"source": "openai:gpt 4"}, "source", "the model id after 'openai:'"),
         "table type": ({"provider": {"type": "bedrock", "model": "x"}}, "provider.type", "unknown provider type"),
-        "types differ": ({"source": "openai:x", "provider": {"type": "azure"}}, "provider.type", "differs"),
-        "clear key": ({"source": "openai:x", "provider": {"api_key": "sk-123"}}, "provider.api_key", "Extra inputs"),
-        "bad field": ({"source": "azure:x", "provider": {"api_version": 3}}, "provider.api_version", "string"),
-        "dir + table": ({"source": str(directory), "provider": {}}, "provider", "TYPE:MODEL"),
+        "no model": ({"provider": {"type": "together"}}, "provider.model", "the model id"),
+        "both": ({"source": "openai:x", "provider": openai}, None, "not both"),
+        "clear key": ({"provider": openai | {"api_key": "sk-123"}}, "provider.api_key", "Extra inputs"),
+        "two keys": ({"provider": openai | {"api_key_env": "A", "api_key_encrypted": "b"}}, "provider.api_key_env",
+                     "not both"),
+        "bad field": ({"provider": {"type": "azure", "model": "x", "api_version": 3}}, "provider.api_version",
+                      "string"),
+        "lax int": ({"provider": openai | {"max_connections": "5"}}, "provider.max_connections", "integer"),
         "no source": ({"name": "x"}, None, "give source"),
+        "null source": ({"source": None}, "source", "string"),
         "bad name": ({"source": "builtin:foundry-tiny", "name": "a b"}, "name", "pattern"),
         "unknown field": ({"source": "builtin:foundry-tiny", "weights": "x"}, "weights", "Extra inputs"),
-    }
+    }  # fmt: skip
     for case, (body, param, words) in cases.items():
         refused = error(await api.client.post("/models", json=body), 400)
         assert refused["param"] == param and words in refused["message"], (case, refused)
     named = [m["name"] for m in (await api.client.get("/models")).json()["data"]]
     assert named == ["m"]
+    spaced = await api.add(source=str(model_dir(tmp_path / "My Model (v2)")))
+    assert spaced["name"] == "My-Model-v2"  # a directory's name made a model name
 
 
 async def test_provider_models(api: Api) -> None:
-    openai = await api.add(source="openai:gpt-4o-mini", provider={"api_key_env": "OPENAI_KEY"})
+    openai = await api.add(provider={"type": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_KEY"})
     assert (openai["name"], openai["kind"], openai["path"], openai["architecture"]) == (
         "gpt-4o-mini", "provider", None, None)
     assert openai["provider"] == {"type": "openai", "model": "gpt-4o-mini", "api_key_env": "OPENAI_KEY"}
@@ -189,8 +200,8 @@ async def test_provider_models(api: Api) -> None:
     assert llama["architecture"] == registry.architecture_of("meta-llama/Llama-3.1-8B-Instruct")
     assert (await api.client.get(f"/models/{llama['name']}")).json() == llama  # a name with a '/'
 
-    azure = await api.add(source="azure:gpt-4o", name="gpt-4o-eu",
-                          provider={"base_url": "https://eu.example.com", "api_key_encrypted": "a2V5"})  # fmt: skip
+    azure = await api.add(name="gpt-4o-eu", provider={"type": "azure", "model": "gpt-4o", "api_key_encrypted": "a2V5",
+                                                      "base_url": "https://eu.example.com"})  # fmt: skip
     assert azure["provider"]["api_key_encrypted"] == "(encrypted)" and "a2V5" not in json.dumps(azure)
     async with api.sessions() as session:  # stored for the gateway's provider, shown to nobody
         stored = await session.get(RegisteredModel, azure["id"])
@@ -206,6 +217,7 @@ async def test_update_and_delete_are_audited_and_delete_waits_for_deployments(ap
     assert (updated["description"], updated["tags"]) == ("v2", ["b", "a"])
     assert updated["updated_at"] >= model["updated_at"] and updated["architecture"] == model["architecture"]
     assert error(await api.client.patch("/models/m", json={}), 400)["message"].startswith("nothing to change")
+    assert error(await api.client.patch("/models/m", json={"tags": None}), 400)["param"] == "tags"
     assert error(await api.client.patch("/models/m", json={"name": "n"}), 400)["param"] == "name"
 
     async with api.sessions() as session:

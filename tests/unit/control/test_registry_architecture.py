@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import doctest
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import control.registry
 from control.errors import InvalidRequest
-from control.registry import architecture_of, missing_files, to_architecture
+from control.registry import SOURCE_PATTERN, architecture_of, missing_files, source_error, to_architecture
 from serve.runtimes.tiny import ensure_tiny_model
 from tune.catalog.architectures import from_config, resolve_model
 
@@ -128,3 +131,26 @@ def test_a_config_the_optimizer_cannot_read_is_a_400(tmp_path: Path) -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(control.registry)
     assert result.attempted > 0 and result.failed == 0
+
+
+@settings(max_examples=400, derandomize=True, database=None)
+@given(st.one_of(
+    st.text(),
+    st.from_regex(SOURCE_PATTERN, fullmatch=True),
+    st.builds(str.__add__, st.sampled_from(["/", "/m/", "/.", "builtin:", "openai:", "ollama:", "local:"]), st.text()),
+))  # fmt: skip
+def test_the_documented_source_pattern_is_what_the_registry_accepts(source: str) -> None:
+    """The API documents SOURCE_PATTERN; the registry refuses exactly what it refuses, with a reason."""
+    documented = re.fullmatch(SOURCE_PATTERN, source) is not None and len(source) <= 1024
+    assert documented == (source_error(source) is None), source_error(source)
+
+
+def test_sources_refused_with_their_reason() -> None:
+    assert source_error("ollama:llama3") == (
+        "unknown provider type 'ollama' in source; known: builtin, local, openai, together, azure, anthropic, "
+        "or an absolute path to a model directory", "unknown_provider_type")
+    assert "absolute path" in source_error("models/llama")[0] and "absolute path" in source_error("~/llama")[0]
+    assert "start with a letter or digit" in source_error("/models/..")[0]
+    assert "the model id after 'openai:'" in source_error("openai:gpt 4o")[0]
+    for good in ("/models/Llama 3", "builtin:foundry-tiny", "together:meta-llama/Llama-3.3-70B-Instruct-Turbo"):
+        assert source_error(good) is None
