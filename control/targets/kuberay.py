@@ -37,24 +37,18 @@ class KubeRayTarget:
         self.cluster = cluster
 
     def plan(self, spec: DeploySpec):
-        from control.kuberay.manifests import MODELS_MOUNT, RayServicePlan, rayservice_name
+        from control.kuberay.manifests import MODELS_MOUNT, plan_for_runtime
 
         runtime = dict(spec.runtime)
         model = str(runtime.get("model", ""))
         if not model.startswith(MODELS_MOUNT):  # a directory on the pods' models volume
             runtime["model"] = f"{MODELS_MOUNT}/{model.rstrip('/').rsplit('/', 1)[-1]}"
-        replicas = runtime.pop("replicas", 1)
-        autoscaling = runtime.pop("autoscaling", None) or {}
         try:
-            return RayServicePlan(
-                name=rayservice_name(spec.name), namespace=self.cluster.namespace or "default",
-                served_model_name=spec.name, runtime=runtime, gpu=spec.extra["gpu"],
-                replicas=max(replicas, autoscaling.get("min_replicas", 1)),
-                min_replicas=autoscaling.get("min_replicas", replicas) or 1,
-                max_replicas=autoscaling.get("max_replicas", replicas),
+            return plan_for_runtime(
+                spec.name, runtime, gpu=spec.extra["gpu"], namespace=self.cluster.namespace or "default",
                 annotations={"foundry.ai/deployment": spec.deployment_id},
             )  # fmt: skip
-        except Exception as exc:  # pydantic's ValidationError: the plan cannot be a RayService
+        except Exception as exc:  # pydantic's ValidationError, RenderError: it cannot be a RayService
             raise TargetError(f"the configuration cannot be a RayService: {exc}", retryable=False) from None
 
     def manifest(self, spec: DeploySpec) -> dict[str, Any]:
