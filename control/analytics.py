@@ -146,20 +146,28 @@ async def top(
     metric: Annotated[Metric, Query()] = "cost",
     by: Annotated[Dimension, Query(description="what to rank")] = "key",
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-    since: Annotated[UTCDatetime | None, Query(description="ISO 8601 (default: the start of this month, UTC)")] = None,
+    since: Annotated[
+        UTCDatetime | None, Query(description="ISO 8601 (default: the start of the calendar month of until, UTC)")
+    ] = None,
     until: UntilQuery = None,
     project: ProjectQuery = None,
 ) -> TopPublic:
     """The ``limit`` groups of ``by`` with the highest ``metric`` over ``[since, until)``, e.g.
-    the keys that cost most this month (the defaults)."""
-    now = datetime.now(timezone.utc)
-    until = until or now
-    since = since or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    the keys that cost most this month (the defaults); with only ``until``, its month so far."""
+    until = until or datetime.now(timezone.utc)
+    since = since or _month_start(until)
     _check_range(since, until)
     project_id = await _project_id(request, project)
     source: AnalyticsSource = request.app.state.usage
     ranking = await _answer(source.top(metric, by, since=since, until=until, limit=limit, project_id=project_id))
     return TopPublic.of(ranking)
+
+
+def _month_start(until: datetime) -> datetime:
+    """The start of the calendar month (UTC) that the instant before ``until`` falls in: this
+    month for now, November for 2026-12-01T00:00Z (``until`` is exclusive)."""
+    last = until - timedelta(microseconds=1) if until > datetime.min.replace(tzinfo=timezone.utc) else until
+    return last.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def _check_range(since: datetime, until: datetime) -> None:

@@ -28,6 +28,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from control.errors import Conflict, ControlError, InvalidRequest, NotFound
+from control.schemas import ErrorResponse
+from pipelines.definition import PipelineDefinition
 from pipelines.errors import PipelineError
 
 RUN_FINAL = ("succeeded", "failed", "cancelled")
@@ -94,10 +96,45 @@ async def _call(request: Request, method: str, *args: Any, **kwargs: Any) -> Any
 RunId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-def router() -> APIRouter:
-    api = APIRouter(prefix="/pipelines", tags=["pipelines"])
+def _inlined(schema: dict) -> dict:
+    """``schema`` with its ``$defs`` references replaced by what they name (the definition's
+    models are not recursive), so it stands alone inside the OpenAPI document."""
+    defs = schema.pop("$defs", {})
 
-    @api.post("", status_code=201)
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
+# What a definition looks like; what it may do (known actions, their params, an acyclic DAG,
+# template references) is checked by the executor, which answers 400 naming the step and key.
+_DEFINITION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inlined(PipelineDefinition.model_json_schema())}},
+    }
+}
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request or definition; `param` names the step and key"},
+    404: {"model": ErrorResponse, "description": "Unknown pipeline or run"},
+    409: {"model": ErrorResponse, "description": "The run moved on (version) or is final, or the event was sent before"},
+    503: {"model": ErrorResponse, "description": "Pipelines are not enabled, or the executor is unavailable"},
+}
+
+
+def router() -> APIRouter:
+    api = APIRouter(prefix="/pipelines", tags=["pipelines"], responses=_RESPONSES)
+
+    @api.post("", status_code=201, openapi_extra=_DEFINITION_BODY)
     async def create_pipeline(request: Request, definition: Annotated[dict[str, Any], Body()]) -> dict:
         """Store a pipeline definition (JSON; `foundry pipelines run FILE` also reads YAML).
         Refused with 400 naming the step and key when it cannot run."""

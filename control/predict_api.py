@@ -9,10 +9,12 @@
         "invalid": [{"row": 3, "message": "unknown GPU system 'x'; known: ..."}]}
     GET /api/predict/status -> the active version, its training data and its recorded CV
 
-Rows use the measured-data columns (``foundry predict``'s CSV); an invalid row is listed in
-``invalid`` with its position and skipped, as ``foundry predict`` does. The predictor is the
-active version under ``$FOUNDRY_HOME/tune`` (``foundry tune train`` / ``activate``), else the
-shipped one; it is reloaded when the active version changes. Predicting runs in a thread.
+Rows use the measured-data columns (``foundry predict``'s CSV), typed in :class:`PredictRow` and in
+the published schema: a row missing a required column, or with an unknown one, is a 400 naming
+it; a row the catalog cannot resolve is listed in ``invalid`` with its position and skipped, as
+``foundry predict`` does. The predictor is the active version under ``$FOUNDRY_HOME/tune``
+(``foundry tune train`` / ``activate``), else the shipped one; it is reloaded when the active
+version changes. Predicting runs in a thread.
 The app includes :data:`router` behind its authentication (see :func:`control.app.create_app`).
 """
 
@@ -24,7 +26,7 @@ import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from control.errors import ControlError, InvalidRequest
 from control.schemas import ErrorResponse
@@ -38,11 +40,62 @@ class PredictorUnavailable(ControlError):
     code = "predictor_unavailable"
 
 
+_TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters
+Text = Annotated[str, StringConstraints(max_length=200, pattern=_TEXT)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON ``true`` is not the integer 1 (JSON Schema's "integer"; 8.0 is one)."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    return value
+
+
+_NOT_A_BOOL = BeforeValidator(_not_a_bool)
+Integer = Annotated[int, _NOT_A_BOOL]
+Size = Annotated[int, Field(gt=0, le=2**31 - 1), _NOT_A_BOOL]
+Parallelism = Annotated[int, Field(ge=0, le=1_000_000, description="0: not used"), _NOT_A_BOOL]
+Millis = Annotated[float, Field(strict=True, ge=0, le=1e9)]  # strict: not a boolean either
+
+
+class PredictRow(BaseModel):
+    """One serving configuration, in the measured-data columns (``foundry predict``'s CSV, see
+    :mod:`tune.predict.schema`). Columns other than these are refused (a typo is not ignored); a
+    row the catalog cannot resolve (an unknown model or GPU) is listed in ``invalid``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_TEXT)] = Field(
+        description="a catalog id such as Qwen/Qwen3-32B", examples=["Qwen/Qwen3-32B"]
+    )
+    system: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TEXT)] = Field(
+        description="the GPU system, e.g. h100_sxm", examples=["h100_sxm"]
+    )
+    isl: Size = Field(description="input sequence length (tokens)")
+    osl: Size = Field(description="output sequence length (tokens)")
+    batch_size: Size
+    tp_size: Size
+    pp_size: Size | None = None
+    attention_dp_size: Parallelism | None = None
+    moe_tp_size: Parallelism | None = None
+    moe_ep_size: Parallelism | None = None
+    backend: Text | None = None
+    backend_version: Text | None = None
+    precision: Text | None = None
+    gemm_quant_mode: Text | None = None
+    moe_quant_mode: Text | None = None
+    kv_cache_dtype: Text | None = None
+    id: Text | Integer | None = Field(
+        default=None, description="echoed back with the row's predictions"
+    )
+    silicon_ttft_ms: Millis | None = Field(default=None, description="measured; ignored")
+    silicon_tpot_ms: Millis | None = Field(default=None, description="measured; ignored")
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rows: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_ROWS,
-                                                description="measured-data columns per row")]
+    rows: Annotated[list[PredictRow], Field(min_length=1, max_length=MAX_ROWS)]
     risk: float = Field(default=0.1, gt=0, lt=1, description="accepted chance of missing an SLO")
 
 
@@ -99,7 +152,7 @@ def _predict(cache: _Cache, body: PredictRequest) -> dict[str, Any]:
     from tune.errors import TuneError
 
     predictor = cache.get()
-    frame = pd.DataFrame(body.rows)
+    frame = pd.DataFrame([row.model_dump(exclude_none=True) for row in body.rows])
     try:
         result, invalid = predictor.predict_valid(frame, risk=body.risk)
     except TuneError as exc:  # a missing column: no row can be read

@@ -125,3 +125,12 @@ async def test_top_errors_and_auth(api: httpx.AsyncClient) -> None:
     created = (await api.post("/keys", json={"project": "team-c"})).json()
     member = await api.get("/analytics/timeseries", headers={"Authorization": f"Bearer {created['key']}"})
     assert member.status_code == 403
+
+
+async def test_top_with_only_until_ranks_the_month_of_until(api: httpx.AsyncClient, store: ChdbStore) -> None:
+    october = -60 * 24 * 10  # minutes from T0 (2026-11-01T10:00Z): 2026-10-22
+    await store.insert([_rec(i, october + i) for i in range(3)] + [_rec(10, 5, model="m2")])
+    for until in ("2026-10-25T00:00:00Z", "2026-11-01T00:00:00Z"):  # until is exclusive: October both times
+        r = await api.get("/analytics/top", params={"metric": "requests", "by": "model", "until": until})
+        assert r.status_code == 200, r.text
+        assert r.json()["since"] == "2026-10-01T00:00:00Z" and r.json()["data"] == [{"group": "m1", "value": 3}]

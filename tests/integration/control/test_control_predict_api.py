@@ -56,6 +56,20 @@ async def test_bad_requests_are_400_in_the_error_shape(api: httpx.AsyncClient) -
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
+async def test_the_published_schema_says_which_columns_a_row_needs(api: httpx.AsyncClient) -> None:
+    schema = (await api.get("/openapi.json")).json()["components"]["schemas"]["PredictRow"]
+    assert set(schema["required"]) == {"model_path", "system", "isl", "osl", "batch_size", "tp_size"}
+    assert schema["additionalProperties"] is False
+    for row, param in (({}, "rows.0.model_path"), (ROW | {"isl": 0}, "rows.0.isl"), (ROW | {"islx": 1}, "rows.0.islx"),
+                       (ROW | {"tp_size": True}, "rows.0.tp_size")):  # fmt: skip
+        r = await api.post("/predict", json={"rows": [row]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    # rows giving different optional columns: the ones a row leaves out take their defaults
+    r = await api.post("/predict", json={"rows": [ROW | {"pp_size": 2, "id": "a"}, ROW | {"moe_ep_size": 0}]})
+    assert r.status_code == 200, r.text
+    assert [d["row"] for d in r.json()["data"]] == [0, 1] and r.json()["invalid"] == []
+
+
 async def test_predict_needs_an_admin_key(api: httpx.AsyncClient) -> None:
     r = await api.post("/predict", json={"rows": [ROW]}, headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
