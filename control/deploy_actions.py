@@ -1,4 +1,4 @@
-"""The deployment pipelines and their actions: ``cluster_health``, ``deployment_*``, ``model_add``.
+"""The deployment pipelines and their actions: ``model_add``, ``cluster_health``, ``deployment_*``.
 
 ``foundry up`` names this module as a plugin of the pipeline executor with its settings
 (:func:`configure`: the control database, ``FOUNDRY_HOME``, the gateway's URL and a key for
@@ -112,6 +112,37 @@ def spec_of(dep: Deployment) -> DeploySpec:
 
 def _failed(exc: TargetError) -> ActionError:
     return ActionError(exc.message, retryable=exc.retryable)
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+class _ModelAddParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="a model directory, builtin:foundry-tiny, or TYPE:MODEL of an outside provider")
+    name: str | None = None
+    description: str = ""
+    tags: list[str] = []
+
+
+async def model_add(ctx: ActionContext, params: dict) -> dict:
+    """Register a model (``foundry models add`` as a step); the same name and source again is the
+    same model, so a re-run step adds nothing."""
+    from control.audit import Audit
+    from control.errors import ControlError
+    from control.registry import add_model
+
+    async with _sessionmaker()() as session:
+        try:
+            model = await add_model(
+                session, source=params["source"], name=params["name"], description=params["description"],
+                tags=params["tags"], home=Path(_settings["home"]), created_by=f"pipeline:{ctx.run_id}",
+                audit=Audit(actor=f"pipeline:{ctx.run_id}"),
+            )  # fmt: skip
+        except ControlError as exc:
+            raise ActionError(exc.message, retryable=exc.status >= 500) from None
+        return {"id": model.id, "name": model.name, "architecture": model.architecture}
 
 
 # --- deployment-create ------------------------------------------------------------------------
@@ -335,6 +366,8 @@ DELETE_PIPELINE: dict[str, Any] = {
 }  # fmt: skip
 
 
+register_action("model_add", model_add, params=_ModelAddParams,
+                description="register a model (a directory, the built-in model, or a provider's)")
 register_action("cluster_health", cluster_health, params=_DeploymentParams,
                 description="refresh a deployment's cluster inventory; fail if it is unhealthy")
 register_action("deployment_simulate", deployment_simulate, params=_DeploymentParams,

@@ -183,3 +183,22 @@ async def test_a_failed_ready_condition_fails_the_deployment_with_its_reason(con
     assert (await client.delete(f"/deployments/{dep['id']}")).status_code == 202
     assert (await wait_status(client, dep["id"], ("deleted",)))["status"] == "deleted"
     assert kube.get("rayservices", rayservice_name("llama-8b-broken"), "llm") is None
+
+
+async def test_model_add_registers_a_model_as_a_pipeline_step_once_however_often_it_runs(control):
+    client, _ = control
+    definition = {"name": "add-model", "steps": [
+        {"id": "add", "action": "model_add", "params": {"source": "builtin:foundry-tiny", "tags": ["demo"]}}]}  # fmt: skip
+    pipeline = (await client.post("/pipelines", json=definition)).json()
+    for _ in range(2):  # a second run (as a re-run step would) finds the same model
+        run = (await client.post(f"/pipelines/{pipeline['id']}/runs", json={})).json()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while run["status"] not in ("succeeded", "failed"):
+            assert loop.time() < deadline, run
+            await asyncio.sleep(0.1)
+            run = (await client.get(f"/pipelines/runs/{run['id']}")).json()
+        assert run["status"] == "succeeded", run
+        assert run["steps"]["add"]["outputs"]["name"] == "foundry-tiny"
+    models = [m for m in (await client.get("/models")).json()["data"] if m["name"] == "foundry-tiny"]
+    assert len(models) == 1 and models[0]["tags"] == ["demo"] and models[0]["architecture"]["num_layers"] >= 1
