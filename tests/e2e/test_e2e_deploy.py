@@ -82,6 +82,7 @@ def test_deploy_chat_scale_delete_on_the_local_cluster(tmp_path, config):
         dep = wait_for(stack, dep["id"], ("running", "failed"))
         assert dep["status"] == "running", dep
         assert "tiny-chat" in listed(stack)
+        check_the_cli(stack, dep["id"])
         client = OpenAI(base_url=stack.base_url, api_key=ADMIN_KEY)
         reply = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert reply.model == "tiny-chat" and reply.usage.completion_tokens >= 1
@@ -123,6 +124,26 @@ def test_deploy_chat_scale_delete_on_the_local_cluster(tmp_path, config):
         assert api(stack, "DELETE", "/models/foundry-tiny").status_code in (200, 204)
     finally:
         assert stack.stop() == 0
+
+
+def check_the_cli(stack, dep_id: str) -> None:
+    """The CLI's contracts over the same stack."""
+    import json
+
+    import yaml
+
+    cluster = json.loads(stack.cli("clusters", "add", "local", "--json").stdout)  # again: a refresh
+    assert cluster["name"] == "local" and cluster["id"].startswith("clu_")
+    assert [c["name"] for c in json.loads(stack.cli("clusters", "list", "--json").stdout)] == ["local"]
+    assert "foundry-tiny" in [m["name"] for m in json.loads(stack.cli("models", "list", "--json").stdout)]
+    shown = json.loads(stack.cli("deployments", "get", dep_id, "--json").stdout)
+    assert {"id", "name", "status", "cluster", "model", "pipeline_run_id", "config", "predicted", "measured"} <= shown.keys()
+    assert [d["id"] for d in json.loads(stack.cli("deployments", "list", "--json").stdout)] == [dep_id]
+    out = stack.home.parent / "tiny.serve.yaml"
+    stack.cli("deployments", "render", "foundry-tiny", "--cluster", "local", "--name", "rendered", "--out", str(out))
+    apps = yaml.safe_load(out.read_text())["applications"]
+    assert [a["import_path"] for a in apps] == ["serve.endpoint:build_runtime", "serve.endpoint:build"]
+    assert apps[0]["args"]["runtime"]["model"] == "builtin:foundry-tiny"
 
 
 def measure_trials_on_the_cluster(stack) -> None:
