@@ -47,11 +47,19 @@ _settings: dict[str, Any] = {}
 _sessions: Any = None
 
 
-def configure(*, database_url: str, home: str, gateway_url: str | None = None, api_key: str | None = None) -> None:
-    """Where the actions find the control database, the models, and the gateway (the executor
-    calls this once, before it starts)."""
+def configure(
+    *,
+    database_url: str,
+    home: str,
+    gateway_url: str | None = None,
+    api_key: str | None = None,
+    routes_refresh_s: float = 1.0,
+) -> None:
+    """Where the actions find the control database, the models, and the gateway, and how often
+    the gateway's replicas read their routes (the executor calls this once, before it starts)."""
     global _sessions
-    _settings.update(database_url=database_url, home=home, gateway_url=gateway_url, api_key=api_key)
+    _settings.update(database_url=database_url, home=home, gateway_url=gateway_url, api_key=api_key,
+                     routes_refresh_s=routes_refresh_s)  # fmt: skip
     _sessions = None
 
 
@@ -270,6 +278,8 @@ async def deployment_unregister(ctx: ActionContext, params: dict) -> dict:
             await _change(session, dep, registered=False, status="deleting")
         name = dep.name
     gone = await _wait_listed(ctx, name, present=False)
+    # One replica no longer lists it; the others read their routes within routes_refresh_s.
+    await asyncio.sleep(2 * _settings.get("routes_refresh_s", 1.0))
     return {"model": name, "unlisted_s": gone}
 
 

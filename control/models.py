@@ -237,8 +237,9 @@ class Deployment(Base):
     """A model deployed on a cluster by the deployment pipeline, served by the gateway as ``name``.
 
     Status: pending -> deploying -> running | failed; deleting -> deleted. ``endpoint`` says where
-    the gateway finds it (``{"runtime": app runtime name, "deployment": Serve deployment}`` on the
-    local cluster, ``{"base_url": ...}`` on Kubernetes); ``registered`` says the gateway routes it.
+    the gateway finds it: ``{"provider": <a provider table as in the config file>, "deployment":
+    <Serve deployment, local runtimes>}`` (``type = "local"`` on the local cluster, ``"openai"`` at
+    the RayService's Serve service on Kubernetes); ``registered`` says the gateway routes it.
     ``version`` is bumped on every change (optimistic locking, and the gateway's route source
     watches max(updated_at)).
     """

@@ -98,7 +98,7 @@ class Stack:
         base = f"http://{host}:{self.port}"
         deploy_settings = {
             "database_url": db_url, "home": str(self.home), "gateway_url": f"{base}/v1",
-            "api_key": asyncio.run(service_key(db_url)),
+            "api_key": asyncio.run(service_key(db_url)), "routes_refresh_s": self.config.gateway.routes_refresh_s,
         }  # fmt: skip
         restored = asyncio.run(restorable(db_url))
 
