@@ -65,6 +65,7 @@ class GatewayServer:
             metrics=self.sink,
             settings=cfg.gateway,
             metrics_settings=cfg.metrics.model_copy(update={"flush_interval_ms": 50}),
+            limits=cfg.limits,
         )
         sock = self._sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
