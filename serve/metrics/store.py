@@ -357,10 +357,14 @@ def _encode_bench(row: dict, now: str) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
+# DateTime64's range: no row lies outside it, so a bound beyond it means the same as its end
+_TS_MIN, _TS_MAX = datetime(1900, 1, 1), datetime(2299, 12, 31, 23, 59, 59, 999000)
+
+
 def _ts(dt: datetime) -> str:
     if dt.tzinfo is not None:
         dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
-    return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return min(max(dt, _TS_MIN), _TS_MAX).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def _where(since: datetime | None, until: datetime | None, project_id: str | None) -> str:

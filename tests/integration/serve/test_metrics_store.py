@@ -64,6 +64,9 @@ async def test_usage_filters(store):
     assert (await store.usage(project_id="p'); DROP TABLE requests; --")).requests == 0
     assert (await store.usage(since=NOW + timedelta(seconds=5), until=NOW + timedelta(seconds=8))).requests == 3
     assert await store.count() == 14
+    # bounds beyond what a DateTime64 holds (1900-2299) mean its ends, not an error
+    far = (datetime(251, 12, 11, tzinfo=timezone.utc), datetime(9999, 1, 1, tzinfo=timezone.utc))
+    assert (await store.usage(since=far[0], until=far[1])).requests == 14
 
 
 async def test_data_survives_reopen(tmp_path):
