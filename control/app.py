@@ -239,6 +239,8 @@ async def _known_query_parameters(request: Request) -> None:
                 f"unknown query parameter {name[:64]!r}" + (f" (known: {', '.join(sorted(known))})" if known else ""),
                 param=name[:64], code="unknown_field",
             )
+        if len(request.query_params.getlist(name)) > 1:  # none takes a list: which one was meant?
+            raise InvalidRequest(f"query parameter {name[:64]!r} given more than once", param=name[:64])
 
 
 # --- database sessions and callers ------------------------------------------------------------

@@ -452,6 +452,11 @@ async def test_numbers_are_not_datetimes(stack: Stack) -> None:
     assert error_code(response, 400) == "invalid_value"
 
 
+async def test_a_query_parameter_given_twice_is_refused(stack: Stack) -> None:
+    response = await stack.api.get("/benchmarks", params=[("model_path", "a"), ("model_path", "b")])
+    assert error_code(response, 400) == "invalid_value" and "given more than once" in response.json()["error"]["message"]
+
+
 # --- audit -----------------------------------------------------------------------------------
 
 
