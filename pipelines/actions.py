@@ -25,6 +25,7 @@ calling the action. ``kind="wait"`` marks the built-in waiting actions (``sleep`
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,23 @@ class ActionSpec:
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"]) or "params"
             raise ActionError(f"params.{key}: {first['msg']}", retryable=False) from None
+
+    async def run(self, ctx: ActionContext, params: dict[str, Any]) -> dict[str, Any]:
+        """One attempt: the action's outputs as JSON values, or an :class:`ActionError` (another
+        exception becomes a retryable one naming it). The same wherever the attempt runs."""
+        try:
+            outputs = await self.fn(ctx, params)
+        except ActionError:
+            raise
+        except Exception as exc:  # an action's own bug or a library error: retryable, named
+            raise ActionError(f"{type(exc).__name__}: {exc}") from None
+        outputs = {} if outputs is None else outputs
+        if not isinstance(outputs, dict):
+            raise ActionError(f"action {self.name!r} returned {type(outputs).__name__}, not a dict", retryable=False)
+        try:
+            return json.loads(json.dumps(outputs))
+        except (TypeError, ValueError) as exc:
+            raise ActionError(f"action {self.name!r} returned outputs that are not JSON: {exc}", retryable=False) from None
 
     def check_keys(self, params: dict[str, Any]) -> tuple[str, str] | None:
         """At load time: ``(key, problem)`` for the first unknown or missing key, else None."""

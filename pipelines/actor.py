@@ -2,12 +2,14 @@
 
 ``foundry up`` starts one :class:`PipelineExecutor` (named ``foundry-pipelines``; detached when
 the stack joins an existing cluster) that owns the process's DBOS instance; control replicas
-reach it through :class:`PipelinesClient`. Ray restarts the actor if its process dies
-(``max_restarts=-1``); its first call then launches DBOS again, which resumes the executor's
-unfinished runs. ``plugins`` are modules imported in the actor before it starts, so packages
-this one may not import (the control plane's ``simulate``/``benchmark`` and deployment actions)
-can register their actions there. Given as a dict, each module's settings are passed to its
-``configure(**settings)`` (where its actions find the control database, say).
+reach it through :class:`PipelinesClient`. The first start waits for ``ready()`` (the stack
+calls it once what resumed steps need is up). Ray restarts the actor if its process dies
+(``max_restarts=-1``); a restarted actor launches DBOS at once, on its own, which resumes the
+executor's unfinished runs without waiting for a call. ``plugins`` are modules imported in the
+actor before it starts, so packages this one may not import (the control plane's
+``simulate``/``benchmark`` and deployment actions) can register their actions there. Given as a
+dict, each module's settings are passed to its ``configure(**settings)`` (where its actions
+find the control database, say), here and in the Ray workers of ``run_on: ray`` steps.
 
     control replica ──PipelinesClient──► PipelineExecutor (Ray actor) ──► PipelineEngine ──► DBOS
 """
@@ -15,15 +17,18 @@ can register their actions there. Given as a dict, each module's settings are pa
 from __future__ import annotations
 
 import asyncio
-import importlib
+import logging
 from typing import Any
 
 import ray
 
+from pipelines.dispatch import configure_plugins
 from pipelines.engine import PipelineEngine
 from pipelines.errors import ExecutorUnavailable, PipelineError
 
 __all__ = ["ACTOR_NAME", "PipelineExecutor", "PipelinesClient"]
+
+log = logging.getLogger(__name__)
 
 ACTOR_NAME = "foundry-pipelines"
 CALL_TIMEOUT_S = 60.0
@@ -36,13 +41,20 @@ class PipelineExecutor:
         self, database_url: str, executor_id: str, plugins: list[str] | tuple[str, ...] | dict[str, dict] = ()
     ) -> None:
         settings = plugins if isinstance(plugins, dict) else dict.fromkeys(plugins, {})
-        for name, options in settings.items():
-            module = importlib.import_module(name)
-            if hasattr(module, "configure"):
-                module.configure(**options)
-        self._engine = PipelineEngine(database_url, executor_id=executor_id)
+        configure_plugins(settings)
+        self._engine = PipelineEngine(database_url, executor_id=executor_id, plugins=settings)
         self._start_lock: asyncio.Lock | None = None
         self._started = False
+        self._restart: asyncio.Task | None = None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # Restarted by Ray after its process died: resume the runs now, not at the next call.
+            self._restart = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            await self._ensure_started()
+        except Exception:  # the next call tries again, and reports the error to its caller
+            log.exception("the restarted pipeline executor could not start")
 
     async def _ensure_started(self) -> PipelineEngine:
         if self._start_lock is None:

@@ -90,6 +90,9 @@ class StepDefinition(_Strict):
     timeout_s: float | None = Field(default=None, gt=0, description="per attempt")
     retry: RetryPolicy | None = None
     weight: float = Field(default=1.0, gt=0, description="share of the run's progress")
+    run_on: Literal["executor", "ray"] = Field(
+        default="executor", description="where each attempt runs: the executor's process, or a Ray task (if Ray runs)"
+    )
     description: str = ""
 
 
@@ -174,7 +177,10 @@ def check_definition(definition: PipelineDefinition, registry: ActionRegistry) -
     for step in definition.steps:
         if step.action not in registry:
             _fail(step.id, "action", f"unknown action {step.action!r} (known: {', '.join(registry.names())})")
-        problem = registry.get(step.action).check_keys(step.params)
+        spec = registry.get(step.action)
+        if step.run_on == "ray" and spec.kind == "wait":
+            _fail(step.id, "run_on", f"action {step.action!r} is a durable wait kept by the executor; only task actions run on Ray")
+        problem = spec.check_keys(step.params)
         if problem:
             _fail(step.id, f"params.{problem[0]}", problem[1])
         ancestors = definition.ancestors(step.id)

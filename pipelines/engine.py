@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import time
 import uuid
@@ -44,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import ray
 from dbos import DBOS, SetWorkflowID
 from dbos._error import DBOSAwaitedWorkflowCancelledError, DBOSStepTimeoutError, DBOSWorkflowCancelledError
 from jinja2 import TemplateError
@@ -52,6 +52,7 @@ from sqlalchemy.engine import make_url
 from pipelines import templating
 from pipelines.actions import ActionContext, ActionRegistry, default_registry
 from pipelines.definition import PipelineDefinition, StepDefinition, check_definition, parse_definition, resolve_params
+from pipelines.dispatch import attempt_on_ray
 from pipelines.errors import ActionError, Conflict, DefinitionError, ExecutorUnavailable, NotFound
 from pipelines.store import RUN_FINAL, RunStore, sync_url
 
@@ -111,12 +112,14 @@ class PipelineEngine:
         registry: ActionRegistry | None = None,
         application_version: str = APPLICATION_VERSION,
         log_level: str = "WARNING",
+        plugins: dict[str, dict] | None = None,
     ) -> None:
         self.database_url = database_url
         self.executor_id = executor_id
         self.registry = registry or default_registry
         self.application_version = application_version
         self._log_level = log_level
+        self.plugins = dict(plugins or {})  # module -> settings: configured where steps run on Ray too
         self._store: RunStore | None = None
         self._http: httpx.AsyncClient | None = None
         self._tasks: dict[str, asyncio.Task] = {}  # workflow id -> its task in this process
@@ -492,7 +495,9 @@ class PipelineEngine:
             await self.store.update_step(run_id, step_id, status="running", attempts=attempt, progress=0.0)
             options = {"name": f"{step_id}#{attempt}", "preemptible": True, "timeout_seconds": step.timeout_s}
             try:
-                outputs = await DBOS.run_step_async(options, self._attempt, run_id, step_id, attempt, step.action, rendered)
+                outputs = await DBOS.run_step_async(
+                    options, self._attempt, run_id, step_id, attempt, step.action, rendered, step.run_on
+                )
             except ActionError as exc:
                 error = exc
             except DBOSStepTimeoutError:
@@ -513,27 +518,20 @@ class PipelineEngine:
         await self.store.update_step(run_id, step_id, status="failed", error=error)
         return {"status": "failed", "outputs": {}, "error": error}
 
-    async def _attempt(self, run_id: str, step_id: str, attempt: int, action: str, params: dict) -> dict:
-        """One attempt of an action: a DBOS step, so once it returned it never runs again."""
+    async def _attempt(
+        self, run_id: str, step_id: str, attempt: int, action: str, params: dict, run_on: str = "executor"
+    ) -> dict:
+        """One attempt of an action: a DBOS step, so once it returned it never runs again. Here,
+        or as a Ray task (``run_on: ray`` where Ray is initialised: :mod:`pipelines.dispatch`)."""
         spec = self.registry.get(action)
 
         async def report(percent: float) -> None:
             await self.store.update_step(run_id, step_id, progress=percent)
 
         ctx = ActionContext(run_id=run_id, step_id=step_id, attempt=attempt, http=self._http, report=report)
-        try:
-            outputs = await spec.fn(ctx, params)
-        except ActionError:
-            raise
-        except Exception as exc:  # an action's own bug or a library error: retryable, named
-            raise ActionError(f"{type(exc).__name__}: {exc}") from None
-        outputs = {} if outputs is None else outputs
-        if not isinstance(outputs, dict):
-            raise ActionError(f"action {action!r} returned {type(outputs).__name__}, not a dict", retryable=False)
-        try:
-            return json.loads(json.dumps(outputs))
-        except (TypeError, ValueError) as exc:
-            raise ActionError(f"action {action!r} returned outputs that are not JSON: {exc}", retryable=False) from None
+        if run_on == "ray" and ray.is_initialized():
+            return await attempt_on_ray(spec, self.plugins, ctx, params)
+        return await spec.run(ctx, params)
 
     async def _wait(self, run_id: str, step: StepDefinition, params: dict) -> dict:
         if step.action == "wait_for_event":

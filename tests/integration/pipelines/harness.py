@@ -47,8 +47,12 @@ def database_url(backend: str, tmp: Path, postgres_url: str | None) -> str:
 
 
 @asynccontextmanager
-async def running_engine(url: str, actions: ActionRegistry | None = None, executor_id: str | None = None) -> AsyncIterator[PipelineEngine]:
-    engine = PipelineEngine(url, executor_id=executor_id or f"test-{uuid.uuid4().hex[:8]}", registry=actions or registry())
+async def running_engine(
+    url: str, actions: ActionRegistry | None = None, executor_id: str | None = None, plugins: dict | None = None
+) -> AsyncIterator[PipelineEngine]:
+    engine = PipelineEngine(
+        url, executor_id=executor_id or f"test-{uuid.uuid4().hex[:8]}", registry=actions or registry(), plugins=plugins
+    )
     await engine.start()
     try:
         yield engine
