@@ -116,8 +116,8 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
         access: Annotated[Access, authorize("deployment:manage")],
     ) -> DeploymentView:  # fmt: skip
         """Deploy: simulate -> deploy -> health -> register -> benchmark, as a pipeline run."""
-        _pipelines(request)
         project_id = await _project_id(session, access, body.project)
+        _pipelines(request)
         dep = await service.create(
             session, body, project_id=project_id, created_by=access.caller.actor,
             static_models=request.app.state.static_models, audit=audit_for(access),
