@@ -376,23 +376,18 @@ DELETE_PIPELINE: dict[str, Any] = {
 }  # fmt: skip
 
 
-register_action("model_add", model_add, params=_ModelAddParams,
-                description="register a model (a directory, the built-in model, or a provider's)")
-register_action("cluster_health", cluster_health, params=_DeploymentParams,
-                description="refresh a deployment's cluster inventory; fail if it is unhealthy")
-register_action("deployment_simulate", deployment_simulate, params=_DeploymentParams,
-                description="choose the deployment's configuration (optimizer or CPU settings)")
-register_action("deployment_deploy", deployment_deploy, params=_DeploymentParams,
-                description="create the Serve application or RayService (idempotent)")
-register_action("deployment_health", deployment_health, params=_TimedParams,
-                description="wait until the deployment serves")
-register_action("deployment_register", deployment_register, params=_DeploymentParams,
-                description="route the deployment's name in the gateway")
-register_action("deployment_benchmark", deployment_benchmark, params=_BenchParams,
-                description="measure the deployment through the gateway")
-register_action("deployment_unregister", deployment_unregister, params=_DeploymentParams,
-                description="stop routing the deployment's name")
-register_action("deployment_drain", deployment_drain, params=_TimedParams,
-                description="wait for the deployment's requests in flight")
-register_action("deployment_remove", deployment_remove, params=_DeploymentParams,
-                description="remove the Serve application or RayService")
+# name, function, params model, what it does
+ACTIONS = (
+    ("model_add", model_add, _ModelAddParams, "register a model (a directory, the built-in model, or a provider's)"),
+    ("cluster_health", cluster_health, _DeploymentParams, "refresh a deployment's cluster inventory; fail if it is unhealthy"),
+    ("deployment_simulate", deployment_simulate, _DeploymentParams, "choose the deployment's configuration (optimizer or given)"),
+    ("deployment_deploy", deployment_deploy, _DeploymentParams, "create the Serve application or RayService (idempotent)"),
+    ("deployment_health", deployment_health, _TimedParams, "wait until the deployment serves"),
+    ("deployment_register", deployment_register, _DeploymentParams, "route the deployment's name in the gateway"),
+    ("deployment_benchmark", deployment_benchmark, _BenchParams, "measure the deployment through the gateway"),
+    ("deployment_unregister", deployment_unregister, _DeploymentParams, "stop routing the deployment's name"),
+    ("deployment_drain", deployment_drain, _TimedParams, "wait for the deployment's requests in flight"),
+    ("deployment_remove", deployment_remove, _DeploymentParams, "remove the Serve application or RayService"),
+)  # fmt: skip
+for _name, _fn, _params, _description in ACTIONS:
+    register_action(_name, _fn, params=_params, description=_description)
