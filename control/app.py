@@ -64,6 +64,7 @@ from control.permissions import Access, Caller, api_routes, authorize, project_n
 from control.schemas import (
     AuditPage,
     AuditRecordPublic,
+    BenchmarkRow,
     ErrorResponse,
     Health,
     Me,
@@ -108,7 +109,7 @@ class UsageSource(Protocol):
 
 
 class BenchmarkRows(BaseModel):
-    rows: list[dict[str, Any]] = Field(max_length=10_000)
+    rows: list[BenchmarkRow] = Field(max_length=10_000)
 
 
 class Page(BaseModel, Generic[T]):
@@ -520,7 +521,8 @@ def _routes() -> APIRouter:
     ) -> dict[str, int]:
         """Store `foundry bench` rows (the measured-data schema) in the metrics store."""
         try:
-            inserted = await asyncio.wait_for(request.app.state.usage.insert_benchmarks(body.rows), USAGE_TIMEOUT_S)
+            rows = [row.model_dump() for row in body.rows]
+            inserted = await asyncio.wait_for(request.app.state.usage.insert_benchmarks(rows), USAGE_TIMEOUT_S)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="rows") from None
         except (TimeoutError, MetricsBackendError) as exc:

@@ -146,6 +146,16 @@ ModelList = Annotated[list[ModelName], Field(min_length=1, max_length=256)]
 
 
 class KeyCreate(_Request, _Budget):
+    # "expires_at or expires_in_days, not both", in the schema too
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {
+                "required": ["expires_at", "expires_in_days"],
+                "properties": {"expires_at": {"type": "string"}, "expires_in_days": {"type": "number"}},
+            }
+        }
+    )
+
     project: ProjectName = Field(default="default", description="project name; created if missing")
     name: KeyName | None = None
     models: ModelList | None = Field(default=None, description="models this key may use; omit for every model")
@@ -337,6 +347,45 @@ class AuditPage(BaseModel):
     data: list[AuditRecordPublic]
     has_more: bool
     chain: AuditChain = Field(description="the chain's head, for `foundry audit verify`")
+
+
+def _not_a_bool(value: object) -> object:
+    """JSON ``true`` is not the number 1 (JSON Schema's "integer" and "number")."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+_NOT_A_BOOL = BeforeValidator(_not_a_bool)
+BenchText = Annotated[str, StringConstraints(max_length=1000)]
+BenchTokens = Annotated[int, Field(ge=0, le=2**32 - 1), _NOT_A_BOOL]
+BenchNumber = Annotated[float, Field(ge=0, allow_inf_nan=False), _NOT_A_BOOL]
+
+
+class BenchmarkRow(BaseModel):
+    """One ``foundry bench`` row in the measured-data schema (see :mod:`tune.predict.schema`);
+    other keys (percentiles, predictions, notes) are stored with it as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: BenchText | Annotated[int, _NOT_A_BOOL] | None = None
+    backend: BenchText | None = None
+    backend_version: BenchText | None = None
+    model_path: BenchText | None = None
+    system: BenchText | None = None
+    precision: BenchText | None = None
+    gemm_quant_mode: BenchText | None = None
+    moe_quant_mode: BenchText | None = None
+    isl: BenchTokens
+    osl: BenchTokens
+    batch_size: BenchNumber
+    tp_size: BenchNumber
+    pp_size: BenchNumber
+    attention_dp_size: BenchNumber
+    moe_tp_size: BenchNumber
+    moe_ep_size: BenchNumber
+    silicon_ttft_ms: BenchNumber
+    silicon_tpot_ms: BenchNumber
 
 
 class ErrorDetail(BaseModel):

@@ -452,6 +452,18 @@ async def test_numbers_are_not_datetimes(stack: Stack) -> None:
     assert error_code(response, 400) == "invalid_value"
 
 
+async def test_benchmark_rows_are_typed_as_the_schema_says(stack: Stack) -> None:
+    row = {"model_path": "m", "system": "cpu", "isl": 8, "osl": 8, "batch_size": 1, "tp_size": 1, "pp_size": 1,
+           "attention_dp_size": 1, "moe_tp_size": 1, "moe_ep_size": 1, "silicon_ttft_ms": 5.0, "silicon_tpot_ms": 1.0}
+    for bad, param in (({k: v for k, v in row.items() if k != "isl"}, "rows.0.isl"), (row | {"osl": True}, "rows.0.osl"),
+                       (row | {"silicon_ttft_ms": -1}, "rows.0.silicon_ttft_ms")):  # fmt: skip
+        response = await stack.api.post("/benchmarks", json={"rows": [bad]})
+        assert error_code(response, 400) in ("missing_field", "invalid_value") and response.json()["error"]["param"] == param
+    assert (await stack.api.post("/benchmarks", json={"rows": [row | {"ttft_p90_ms": 7.5}]})).status_code == 201
+    [stored] = (await stack.api.get("/benchmarks")).json()["data"]
+    assert stored["ttft_p90_ms"] == 7.5 and stored["isl"] == 8  # other keys are kept
+
+
 async def test_a_query_parameter_given_twice_is_refused(stack: Stack) -> None:
     response = await stack.api.get("/benchmarks", params=[("model_path", "a"), ("model_path", "b")])
     assert error_code(response, 400) == "invalid_value" and "given more than once" in response.json()["error"]["message"]
@@ -473,7 +485,9 @@ async def test_changes_are_audited_in_a_chain_that_detects_tampering(team: Team)
     assert page["data"][0]["actor"].startswith("user:") and key["key"] not in str(page)
     member_changes = (await api.get("/audit", params={"action": "member.add", "project": "alpha"})).json()["data"]
     assert len(member_changes) == 3
-    assert (await api.post("/benchmarks", json={"rows": [{"x": 1}]})).status_code == 201
+    row = {"model_path": "m", "system": "cpu", "isl": 8, "osl": 8, "batch_size": 1, "tp_size": 1, "pp_size": 1,
+           "attention_dp_size": 1, "moe_tp_size": 1, "moe_ep_size": 1, "silicon_ttft_ms": 5.0, "silicon_tpot_ms": 1.0}
+    assert (await api.post("/benchmarks", json={"rows": [row]})).status_code == 201
     stored = (await api.get("/audit", params={"action": "benchmarks.record"})).json()["data"]
     assert [r["changes"] for r in stored] == [{"rows": 1}]
 
