@@ -8,6 +8,7 @@ cancellation and crash-resume, executed by DBOS Transact (SQLite or PostgreSQL).
     builtin_actions  log, set_output, transform, fail, sleep, wait_until, wait_for_event, http_request
     store       the runs' view for the API, versioned for optimistic locking
     engine      the executor: runs and steps as DBOS workflows
+    dispatch    ``run_on: ray`` steps: each attempt a Ray task (no Ray retries; DBOS retries)
     actor       the executor as a Ray actor, and the client the control API holds
 
 Example:

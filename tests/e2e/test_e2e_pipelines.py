@@ -16,6 +16,7 @@ import pytest
 from e2e_support import ADMIN_KEY, RunningStack, free_port, start_stack
 
 from tests.fakes.http_receiver import HttpReceiver
+from tests.integration.pipelines.harness import database_url as pipelines_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -144,6 +145,54 @@ steps:
     for path, step in (("/first", "first"), ("/hold", "call"), ("/last", "last")):
         assert receiver.keys(path) == {f"{run_id}:{step}"}
     assert [r.body for r in receiver.received("/hold")] == [{"by": "e2e"}] * 2
+
+
+@pytest.mark.postgres
+def test_a_run_on_postgresql_with_a_ray_step_resumes_after_sigkill_without_rerunning_completed_steps(
+    request, receiver, tmp_path
+):
+    """``[pipelines] database_url`` on PostgreSQL, and a ``run_on: ray`` step (a Ray task of the
+    stack's executor) killed mid-request with the whole stack."""
+    url = pipelines_database("postgres", tmp_path, request.getfixturevalue("postgres_url"))
+    config = tmp_path / "foundry.toml"
+    config.write_text(f'{CONFIG}\n[pipelines]\ndatabase_url = "{url}"\n')
+    definition = tmp_path / "pg.yaml"
+    definition.write_text(f"""
+name: pg-crash-resume
+steps:
+  - {{id: first, action: http_request, params: {{method: POST, url: "{receiver.url}/pg/first"}}}}
+  - id: call
+    action: http_request
+    run_on: ray
+    params: {{method: POST, url: "{receiver.url}/pg/hold", timeout_s: 600}}
+    depends_on: [first]
+  - {{id: last, action: http_request, params: {{method: POST, url: "{receiver.url}/pg/last"}}, depends_on: [call]}}
+""")
+    home = tmp_path / "home"
+    receiver.hold("/pg/hold")
+    stack = start_stack(home, free_port(), config=config)
+    try:
+        run_id = json.loads(stack.cli("pipelines", "run", str(definition), "--json").stdout)["id"]
+        receiver.wait_for("/pg/hold", 1, timeout_s=WAIT_S)
+        assert get_run(stack, run_id)["steps"]["call"]["status"] == "running"
+        assert not (home / "pipelines.db").exists()  # the runs are in PostgreSQL
+    except BaseException:
+        stack.stop()
+        raise
+    crash(stack)  # while `call` has its request in flight, from a Ray worker
+    receiver.release("/pg/hold")
+
+    stack = start_stack(home, free_port(), config=config)
+    try:
+        run = wait_run(stack, run_id, lambda r: r["status"] in ("succeeded", "failed", "cancelled"), "its end")
+        status = json.loads(stack.cli("pipelines", "status", run_id, "--json").stdout)
+    finally:
+        stack.stop()
+    assert run["status"] == "succeeded" and status["status"] == "succeeded", run
+    assert len(receiver.received("/pg/first")) == 1 and len(receiver.received("/pg/last")) == 1
+    assert len(receiver.received("/pg/hold")) == 2  # the interrupted step ran again, with the same key
+    for path, step in (("/pg/first", "first"), ("/pg/hold", "call"), ("/pg/last", "last")):
+        assert receiver.keys(path) == {f"{run_id}:{step}"}
 
 
 def check_the_cli(stack: RunningStack, workdir: Path) -> None:

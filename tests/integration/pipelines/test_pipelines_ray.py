@@ -112,6 +112,23 @@ async def test_cancelling_a_run_stops_its_ray_task(engine, receiver):
         receiver.release("/hold")
 
 
+async def test_a_ray_step_past_its_timeout_is_stopped_and_fails(engine, receiver):
+    receiver.hold("/timeout")
+    try:
+        created = await engine.create_pipeline({
+            "name": "ray-timeout",
+            "steps": [{"id": "call", "action": "test_call", "run_on": "ray", "timeout_s": 10,
+                       "params": {"url": f"{receiver.url}/timeout"}}],
+        })  # fmt: skip
+        run = await engine.start_run(created["id"], {})
+        (request,) = await asyncio.to_thread(receiver.wait_for, "/timeout", 1, WAIT_TIMEOUT_S)
+        run = await wait_run(engine, run["id"], finished)
+        assert run["status"] == "failed" and "longer than timeout_s (10s)" in run["steps"]["call"]["error"], run
+        await wait_until_gone(request.body["pid"])
+    finally:
+        receiver.release("/timeout")
+
+
 async def wait_until_gone(pid: int) -> None:
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
