@@ -104,6 +104,7 @@ async def test_a_members_budget_bounds_all_its_keys_together(team: Team) -> None
                        headers=team.headers("owner")))  # fmt: skip
     first = ok(await api.post("/keys", json={"project": "alpha", "budget_usd": 5.0}, headers=mike), 201)
     second = ok(await api.post("/keys", json={"project": "alpha"}, headers=mike), 201)
+    third = ok(await api.post("/keys", json={"project": "alpha"}, headers=mike), 201)  # a third key does not help
     owners = ok(await api.post("/keys", json={"project": "alpha"}, headers=team.headers("owner")), 201)
     limiter = Limiter(MemoryStore())
     async with gateway(team.stack.database_url) as cache:
@@ -120,7 +121,6 @@ async def test_a_members_budget_bounds_all_its_keys_together(team: Team) -> None
             assert (refused.value.status_code, error["code"]) == (429, "insufficient_quota")
             assert "member member@example.com of project 'alpha'" in error["message"]
             assert "$1.2000 of $1" in error["message"]
-        third = ok(await api.post("/keys", json={"project": "alpha"}, headers=mike), 201)  # a new key does not help
         with pytest.raises(QuotaExceeded):
             await limiter.admit(await info_of(cache, third["key"]), "chat-main", 10, 10)
         await spend(limiter, await info_of(cache, owners["key"]), 0.6)  # the owner's keys are not bound by it
