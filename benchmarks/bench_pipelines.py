@@ -6,6 +6,9 @@
                         20 sequential `DBOS.run_step_async` steps, nothing else): the price of the
                         DAG layer on top of DBOS's own checkpointing. The issue measured plain
                         DBOS at about 2 ms (SQLite) and 7 ms (PostgreSQL) per step.
+    Ray dispatch        the same chain with every step ``run_on: ray`` (each attempt a Ray task on
+                        a local Ray started here), against the chain run in the executor: the
+                        price of sending a step's work to the cluster (SQLite).
     50 concurrent       50 runs of a 4-step diamond (a -> b, c -> d) started at once: wall time
                         until all finished, runs/s, p50/p95 run latency; the baseline is one such
                         run alone.
@@ -52,10 +55,13 @@ async def _plain_chain(n: int) -> int:
     return total
 
 
-def _chain(n: int) -> dict:
-    steps = [{"id": "s0", "action": "set_output", "params": {"i": 0}}]
-    steps += [{"id": f"s{i}", "action": "set_output", "params": {"i": i}, "depends_on": [f"s{i - 1}"]} for i in range(1, n)]
-    return {"name": f"chain-{n}", "steps": steps}
+def _chain(n: int, run_on: str = "executor") -> dict:
+    steps = [{"id": "s0", "action": "set_output", "params": {"i": 0}, "run_on": run_on}]
+    steps += [
+        {"id": f"s{i}", "action": "set_output", "params": {"i": i}, "depends_on": [f"s{i - 1}"], "run_on": run_on}
+        for i in range(1, n)
+    ]
+    return {"name": f"chain-{n}-{run_on}", "steps": steps}
 
 
 DIAMOND = {
@@ -130,6 +136,43 @@ async def _measure(url: str) -> dict:
     }
 
 
+async def _measure_ray_dispatch(url: str) -> dict:
+    """Per step: the chain as Ray tasks against the chain in the executor's process."""
+    from pipelines.engine import PipelineEngine
+
+    engine = PipelineEngine(url, executor_id=f"bench-{uuid.uuid4().hex[:6]}")
+    await engine.start()
+    try:
+        local = await engine.create_pipeline(_chain(CHAIN))
+        remote = await engine.create_pipeline(_chain(CHAIN, run_on="ray"))
+        await _finish(engine, (await engine.start_run(remote["id"]))["id"])  # warm-up: Ray starts its workers
+        timings: dict[str, list[float]] = {"executor": [], "ray": []}
+        for _ in range(REPEATS):
+            for where, created in (("executor", local), ("ray", remote)):
+                started = time.perf_counter()
+                run = await _finish(engine, (await engine.start_run(created["id"]))["id"])
+                timings[where].append((time.perf_counter() - started) / CHAIN)
+                assert run["steps"]["s0"]["outputs"] == {"i": 0}
+    finally:
+        await engine.stop()
+    local_ms, ray_ms = min(timings["executor"]) * 1000, min(timings["ray"]) * 1000
+    return {
+        "in_executor_per_step_ms": round(local_ms, 2),
+        "ray_task_per_step_ms": round(ray_ms, 2),
+        "ray_task / in_executor": round(ray_ms / local_ms, 1),
+    }
+
+
+def _with_ray(url: str) -> dict:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        return asyncio.run(_measure_ray_dispatch(url))
+    finally:
+        ray.shutdown()
+
+
 @contextmanager
 def _postgres():
     """A throwaway PostgreSQL 15 server on a free port (None without the binaries)."""
@@ -164,6 +207,7 @@ def main(out_dir: Path) -> dict:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="foundry-bench-pipelines-") as tmp:
         results["sqlite"] = asyncio.run(_measure(f"sqlite:///{tmp}/pipelines.db"))
+        results["sqlite_ray_dispatch"] = _with_ray(f"sqlite:///{tmp}/pipelines-ray.db")
     with _postgres() as url:
         if url is None:
             print(f"   PostgreSQL skipped: no server binaries in {PG_BIN}", flush=True)
@@ -175,7 +219,8 @@ def main(out_dir: Path) -> dict:
         for backend, measured in results.items()
         for key, value in measured.items()
         if key in ("per_step_ms", "plain_dbos_per_step_ms", "per_step / plain_dbos", "concurrent_wall_s",
-                   "concurrent_runs_per_s", "concurrent_p95_s", "skipped")
+                   "concurrent_runs_per_s", "concurrent_p95_s", "skipped", "ray_task_per_step_ms",
+                   "ray_task / in_executor")
     }  # fmt: skip
     parameters = {"chain_steps": CHAIN, "concurrent_runs": CONCURRENT, "concurrent_steps_per_run": 4, "repeats": REPEATS}
     return write(out_dir, "pipelines", parameters, results, summary)

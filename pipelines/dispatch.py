@@ -38,6 +38,9 @@ __all__ = ["attempt_on_ray", "configure_plugins"]
 HTTP_TIMEOUT_S = 30.0
 
 _configured: set[str] = set()  # plugins configured in this process, with their settings
+_loop: asyncio.AbstractEventLoop | None = None  # a worker's attempts run here, one after another or not
+_http: httpx.AsyncClient | None = None  # on _loop; made once (a client costs ~50 ms: its TLS context)
+_loop_lock = threading.Lock()
 
 
 def configure_plugins(plugins: dict[str, dict]) -> None:
@@ -82,26 +85,35 @@ async def attempt_on_ray(
 def _attempt_task(
     spec: ActionSpec, plugins: dict[str, dict], run_id: str, step_id: str, attempt: int, params: dict
 ) -> Iterator[tuple]:
-    """Runs in a Ray worker: the attempt on an event loop of its own (a thread), its progress
-    and then its result streamed back as they come."""
+    """Runs in a Ray worker: the attempt on the worker's event loop (a thread of its own), its
+    progress and then its result streamed back as they come."""
     messages: queue.SimpleQueue[tuple] = queue.SimpleQueue()
 
     async def report(percent: float) -> None:
         messages.put(("progress", percent))
 
-    def run() -> None:
+    async def run() -> None:
         try:
             configure_plugins(plugins)
-            messages.put(("outputs", asyncio.run(_attempt(spec, run_id, step_id, attempt, params, report))))
+            messages.put(("outputs", await _attempt(spec, run_id, step_id, attempt, params, report)))
         except ActionError as exc:
             messages.put(("error", exc.message, exc.retryable))
         except BaseException as exc:  # a plugin that does not load: named, retryable
             messages.put(("error", f"{type(exc).__name__}: {exc}", True))
 
-    threading.Thread(target=run, name=f"attempt-{step_id}", daemon=True).start()
+    asyncio.run_coroutine_threadsafe(run(), _worker_loop())
     while (message := messages.get())[0] == "progress":
         yield message
     yield message
+
+
+def _worker_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="pipelines-attempts", daemon=True).start()
+        return _loop
 
 
 async def _attempt(
@@ -112,6 +124,8 @@ async def _attempt(
     params: dict,
     report: Callable[[float], Awaitable[None]],
 ) -> dict:
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False) as http:
-        ctx = ActionContext(run_id=run_id, step_id=step_id, attempt=attempt, http=http, report=report)
-        return await spec.run(ctx, params)
+    global _http
+    if _http is None:
+        _http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False)
+    ctx = ActionContext(run_id=run_id, step_id=step_id, attempt=attempt, http=_http, report=report)
+    return await spec.run(ctx, params)
