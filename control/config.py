@@ -165,7 +165,19 @@ def ray_environment(config: FoundryConfig, home: Path | None = None) -> dict[str
             from control.leftovers import haproxy_paths
 
             env.update(haproxy_paths(home))
+        # HAProxy's stats and Prometheus listeners bind every interface on fixed ports (8404,
+        # 9101) unless told otherwise: a second stack on the machine could not start. Free ones.
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def foundry_home() -> Path:

@@ -30,6 +30,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from control.errors import DatabaseUnavailable
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 10
@@ -109,7 +111,8 @@ async def migrate(url: str) -> None:
 
     Idempotent and safe when several processes start at once: PostgreSQL migrates under an
     advisory lock, SQLite inside one ``BEGIN IMMEDIATE`` transaction. A SQLite file and its
-    directory are created if missing.
+    directory are created if missing. A database that cannot be reached raises
+    :class:`~control.errors.DatabaseUnavailable` naming it (password hidden) and the reason.
     """
     await asyncio.to_thread(_upgrade, parse_url(url, is_async=False))
 
@@ -136,7 +139,13 @@ def _upgrade_locked(url: URL) -> None:
             url, poolclass=NullPool, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
         )
     try:
-        with engine.begin() as connection:
+        try:
+            connection = engine.connect()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            shown = url.render_as_string(hide_password=True)
+            raise DatabaseUnavailable(f"the control database {shown} is unreachable: {reason}") from exc
+        with connection, connection.begin():
             if url.get_backend_name() == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
             config = alembic_config()
