@@ -9,6 +9,7 @@
     ├── RateLimited                   429 requests|tokens / rate_limit_exceeded   (rpm, tpm)
     ├── QuotaExceeded                 429 insufficient_quota / insufficient_quota (budgets)
     ├── LimitsUnavailable             503 server_error / limits_unavailable       (limit store down)
+    ├── KeysUnavailable               503 server_error / keys_unavailable         (unknown key, key store down)
     └── ProviderUnavailable           503 server_error          (no provider could answer)
 
 The two 429s carry ``retry_after_s`` and ``headers`` (``Retry-After``, ``retry-after-ms`` and
@@ -132,6 +133,15 @@ class LimitsUnavailable(GatewayError):
     status_code = 503
     error_type = "server_error"
     code = "limits_unavailable"
+
+
+class KeysUnavailable(GatewayError):
+    """A key the cache does not hold, and the key store cannot be asked: it may be a key created
+    a moment ago, so "incorrect key" (401) would be a guess."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "keys_unavailable"
 
 
 class ProviderUnavailable(GatewayError):

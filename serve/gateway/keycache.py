@@ -8,6 +8,9 @@ path. The cache follows the database in two ways:
 - a miss (an unknown hash) triggers one immediate refresh, so a key created a moment ago works
   on its first request. Concurrent misses share that refresh: a flood of bad keys costs the
   database at most one query at a time.
+
+When the database is down, the keys already loaded keep working; a miss then gets 503
+(:class:`KeysUnavailable`, retryable) rather than 401, since the key may be valid and newer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import time
 
 from serve.auth import ApiKeyInfo, KeySource, hash_key
-from serve.gateway.errors import AuthenticationFailed
+from serve.gateway.errors import AuthenticationFailed, KeysUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ class KeyCache:
         digest = hash_key(secret)
         info = self._keys.get(digest)
         if info is None:
-            await self._shared_refresh()
+            if not await self._shared_refresh():
+                raise KeysUnavailable("The API key cannot be checked right now; please retry shortly.")
             info = self._keys.get(digest)
             if info is None:
                 raise AuthenticationFailed("Incorrect API key provided.")
@@ -59,13 +63,16 @@ class KeyCache:
             raise AuthenticationFailed("The API key has expired.", code="expired_api_key")
         return info
 
-    async def _shared_refresh(self) -> None:
+    async def _shared_refresh(self) -> bool:
+        """Whether the cache now holds what the source holds."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.get_running_loop().create_task(self._refresh(force=False))
         try:
             await asyncio.shield(self._inflight)
         except Exception as exc:  # the database is down: keep serving the keys we know
             log.warning("key refresh failed: %s", exc)
+            return False
+        return True
 
     async def _refresh(self, *, force: bool) -> None:
         fingerprint = await asyncio.wait_for(self._source.fingerprint(), SOURCE_TIMEOUT_S)

@@ -115,7 +115,7 @@ _BODY_ERRORS = {
     "413": "The body is larger than [gateway] max_body_bytes.",
     "429": "A rate limit or budget of the key or its project (Retry-After says when to retry).",
     "502": "The upstream refused the request for a reason of this gateway's configuration.",
-    "503": "No provider could answer, or the limit store is unreachable.",
+    "503": "No provider could answer, or the limit or key store is unreachable.",
     "504": "The upstream did not answer in time.",
 }
 
@@ -150,7 +150,7 @@ def describe(app: FastAPI, models: list[str]) -> dict[str, Any]:
     models_op = doc["paths"]["/models"]["get"]
     models_op["responses"] = {
         "200": {"description": "The models this key may use.", "content": {"application/json": {"schema": {"$ref": REF.format(model="Models")}}}}
-    } | _errors({"401": _BODY_ERRORS["401"]})
+    } | _errors({"401": _BODY_ERRORS["401"], "503": "An unknown key while the key store is unreachable."})
     models_op["security"] = [{"apiKey": []}]
     doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
     return doc

@@ -13,6 +13,7 @@ class MemoryKeySource:
         self.version = 0
         self.loads = 0
         self.fingerprints = 0
+        self.down = False  # True: every call fails, as a database that cannot be reached
 
     def add(self, secret: str, **kw) -> ApiKeyInfo:
         info = ApiKeyInfo(**{"key_id": "key_" + secret[-6:], "project_id": "proj_1", "project": "proj", **kw})
@@ -26,12 +27,18 @@ class MemoryKeySource:
 
     async def fingerprint(self) -> str:
         self.fingerprints += 1
+        self._check()
         await asyncio.sleep(0)
         return str(self.version)
 
     async def load_active(self) -> dict[str, ApiKeyInfo]:
         self.loads += 1
+        self._check()
         return dict(self.keys)
 
     async def close(self) -> None:
         pass
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("the key store is unreachable")

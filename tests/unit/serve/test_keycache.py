@@ -8,7 +8,7 @@ import time
 import pytest
 
 from serve.auth import new_key
-from serve.gateway.errors import AuthenticationFailed
+from serve.gateway.errors import AuthenticationFailed, KeysUnavailable
 from serve.gateway.keycache import KeyCache
 from tests.fakes.keys import MemoryKeySource
 
@@ -92,4 +92,26 @@ async def test_expired_key():
     with pytest.raises(AuthenticationFailed) as exc:
         await cache.authenticate(f"Bearer {k}")
     assert exc.value.code == "expired_api_key"
+    await cache.close()
+
+
+async def test_with_the_source_down_known_keys_work_and_unknown_ones_get_503():
+    src = MemoryKeySource()
+    known, newer = new_key(), new_key()
+    src.add(known)
+    cache = KeyCache(src, refresh_s=0.05)
+    await cache.start()
+    src.add(newer)  # created a moment before the database went away: the cache never saw it
+    src.down = True
+    polls = src.fingerprints
+    await wait_until(lambda: src.fingerprints >= polls + 2)  # the poller failed: the cache keeps what it has
+    assert (await cache.authenticate(f"Bearer {known}")).key_id == "key_" + known[-6:]
+    for secret in (newer, "sk-fnd-bad"):
+        with pytest.raises(KeysUnavailable) as exc:
+            await cache.authenticate(f"Bearer {secret}")
+        assert (exc.value.status_code, exc.value.code) == (503, "keys_unavailable")
+    src.down = False  # back: the next miss (or poll) loads the newer key
+    assert (await cache.authenticate(f"Bearer {newer}")).key_id == "key_" + newer[-6:]
+    with pytest.raises(AuthenticationFailed):
+        await cache.authenticate("Bearer sk-fnd-bad")
     await cache.close()
