@@ -52,6 +52,7 @@ def test_haproxy_left_by_a_dead_stack_of_this_home_is_cleared(tmp_path, fake_hap
         assert (home / "foundry-up.pid").read_text() == str(os.getpid())
     finally:
         orphan.kill()
+        orphan.wait()
         release(home)
     assert not (home / "foundry-up.pid").exists()
 
@@ -67,6 +68,7 @@ def test_another_homes_haproxy_is_left_alone_and_named(tmp_path, fake_haproxy):
         assert other.poll() is None
     finally:
         other.kill()
+        other.wait()
 
 
 def test_a_live_stack_of_the_same_home_is_not_touched(tmp_path):
