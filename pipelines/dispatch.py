@@ -38,7 +38,7 @@ __all__ = ["attempt_on_ray", "configure_plugins"]
 HTTP_TIMEOUT_S = 30.0
 
 _configured: set[str] = set()  # plugins configured in this process, with their settings
-_loop: asyncio.AbstractEventLoop | None = None  # a worker's attempts run here, one after another or not
+_loop: asyncio.AbstractEventLoop | None = None  # where a worker runs its attempts (a thread of its own)
 _http: httpx.AsyncClient | None = None  # on _loop; made once (a client costs ~50 ms: its TLS context)
 _loop_lock = threading.Lock()
 
