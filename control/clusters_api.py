@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from control import clusters
 from control.permissions import Access, authorize
+from control.schemas import ErrorResponse
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such cluster"},
+    409: {"model": ErrorResponse, "description": "The name is taken, or deployments run on it"},
+    502: {"model": ErrorResponse, "description": "The Kubernetes cluster refused or failed the call"},
+    503: {"model": ErrorResponse, "description": "The cluster, or the control database, is unreachable"},
+    504: {"model": ErrorResponse, "description": "The Kubernetes cluster did not answer in time"},
+}
 
 
 class ClusterCreate(BaseModel):
@@ -44,7 +53,7 @@ class ClusterPage(BaseModel):
 
 
 def router(Session: Any, audit_for: Any) -> APIRouter:
-    api = APIRouter(prefix="/clusters", tags=["clusters"])
+    api = APIRouter(prefix="/clusters", tags=["clusters"], responses=ERRORS)
 
     @api.post("", response_model=ClusterPublic, status_code=201)
     async def add_cluster(

@@ -18,10 +18,16 @@ from control import deployments as service
 from control.errors import Conflict, ControlError, InvalidRequest
 from control.models import Deployment
 from control.permissions import Access, authorize
+from control.schemas import ErrorResponse
 from control.pipelines_api import PipelinesUnavailable, control_error
 from pipelines import PipelineError
 
 RUN_TIMEOUT_S = 30.0
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such deployment, model or cluster (or not in your projects)"},
+    409: {"model": ErrorResponse, "description": "The name is taken, or the deployment is busy"},
+    503: {"model": ErrorResponse, "description": "The pipeline executor or the control database is unavailable"},
+}
 
 
 class DeploymentView(service.DeploymentPublic):
@@ -84,7 +90,7 @@ async def _view(request: Request, session: Any, dep: Deployment) -> DeploymentVi
 
 
 def router(Session: Any, audit_for: Any) -> APIRouter:
-    api = APIRouter(prefix="/deployments", tags=["deployments"])
+    api = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
     conflict = {409: {"description": "Name taken, or the deployment is busy"}}
 
     async def _project_id(session: Any, access: Access, ref: str | None) -> str | None:
@@ -133,10 +139,10 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
     @api.get("", response_model=DeploymentPage)
     async def list_deployments(
         request: Request, session: Session, access: Annotated[Access, authorize("deployment:view")],
-        include_deleted: bool = False,
+        include_deleted: Literal["true", "false"] = "false",
     ) -> DeploymentPage:  # fmt: skip
         projects = access.projects()
-        rows = await service.list_deployments(session, project_ids=projects, include_deleted=include_deleted)
+        rows = await service.list_deployments(session, project_ids=projects, include_deleted=include_deleted == "true")
         return DeploymentPage(data=[await _view(request, session, d) for d in rows])
 
     @api.get("/{deployment_id}", response_model=DeploymentView)

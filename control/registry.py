@@ -312,7 +312,8 @@ def _provider_table(kind: str, model: str, extra: dict) -> dict[str, Any]:
     if named != model:
         raise InvalidRequest(f"provider.{target} {str(named)[:100]!r} differs from the source's {model[:100]!r}",
                              param=f"provider.{target}")  # fmt: skip
-    table = {**extra, "type": kind, target: model}
+    # JSON numbers: 2.0 is an integer to JSON Schema (and so to the published schema), not to strict mode
+    table = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in {**extra, "type": kind, target: model}.items()}
     try:
         checked = _PROVIDER.validate_python(table, strict=True)  # JSON types, as the API documents them
     except ValidationError as exc:
