@@ -144,6 +144,7 @@ class Stack:
                 metrics=metrics,
                 settings=self.config.gateway,
                 metrics_settings=self.config.metrics,
+                metrics_spool=self.home / "metrics-spool",  # rows of a killed replica are not lost
                 limits=self.config.limits,
             ),
             name="gateway",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import ray
 from fastapi import FastAPI, Request
@@ -50,10 +51,13 @@ def create_app(
     metrics_settings: MetricsConfig,
     limits: LimitsConfig = LimitsConfig(),
     route_source: RouteSource | None = None,
+    metrics_spool: Path | None = None,
 ) -> FastAPI:
     """The gateway's FastAPI app. ``runtime_deployments`` maps runtime name → Serve deployment
     name; resources (handles, key cache, recorder) are created in the lifespan, in the replica.
-    ``route_source`` adds models registered at run time to the ``models`` of the file."""
+    ``route_source`` adds models registered at run time to the ``models`` of the file.
+    ``metrics_spool``: a local directory where metrics rows wait until stored, so a replica that
+    is killed loses none (:mod:`serve.metrics.spool`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,7 +72,10 @@ def create_app(
         keys = KeyCache(key_source, refresh_s=settings.key_refresh_s)
         await keys.start()
         recorder = MetricsRecorder(
-            metrics, interval_s=metrics_settings.flush_interval_ms / 1000, max_rows=metrics_settings.flush_max_rows
+            metrics,
+            interval_s=metrics_settings.flush_interval_ms / 1000,
+            max_rows=metrics_settings.flush_max_rows,
+            spool_dir=metrics_spool,
         )
         limiter = build_limiter(limits)
         await limiter.start()

@@ -15,10 +15,12 @@ import logging
 import uuid
 from collections import deque
 from datetime import datetime
+from pathlib import Path
 
 import ray
 
 from serve.metrics.records import Ranking, RequestRecord, TimeSeries, UsageReport
+from serve.metrics.spool import Spool, replay_orphans
 from serve.metrics.store import MetricsStore, open_backend
 
 log = logging.getLogger(__name__)
@@ -131,12 +133,30 @@ class MetricsRecorder:
     did write it and only the answer was lost (the actor died after the insert), the store keeps
     one copy. Rows wait meanwhile (up to ``max_buffered``; beyond that the oldest are dropped
     with an error log, so a dead store cannot exhaust the gateway's memory).
+
+    With ``spool_dir``, every row is also on local disk until it is stored
+    (:mod:`serve.metrics.spool`): a recorder killed outright loses none, and the first flush of
+    a recorder sends what dead recorders of that directory left.
     """
 
     def __init__(
-        self, sink: MetricsClient, *, interval_s: float = 0.5, max_rows: int = 512, max_buffered: int = 200_000
+        self,
+        sink: MetricsClient,
+        *,
+        interval_s: float = 0.5,
+        max_rows: int = 512,
+        max_buffered: int = 200_000,
+        spool_dir: Path | None = None,
     ) -> None:
         self._sink = sink
+        self._spool: Spool | None = None
+        if spool_dir is not None:
+            try:
+                self._spool = Spool(spool_dir)
+            except OSError as exc:  # e.g. a node of a joined cluster without that directory
+                log.warning("metrics rows are not spooled to %s: %s", spool_dir, exc)
+        self._spool_dir = spool_dir
+        self._orphans_sent = self._spool is None
         self._interval_s = interval_s
         self._max_rows = max_rows
         self._buffer: deque[RequestRecord] = deque(maxlen=max_buffered)
@@ -149,6 +169,8 @@ class MetricsRecorder:
         if len(self._buffer) == self._buffer.maxlen:
             log.error("metrics buffer full; dropping the oldest record")
         self._buffer.append(rec)
+        if self._spool is not None:
+            self._spool.append(rec)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         if len(self._buffer) >= self._max_rows:
@@ -156,14 +178,21 @@ class MetricsRecorder:
 
     async def flush(self) -> None:
         async with self._flush_lock:
+            if not self._orphans_sent:
+                await replay_orphans(self._spool_dir, self._sink.insert, keep=self._spool.id)
+                self._orphans_sent = True
             while self._pending is not None or self._buffer:
                 if self._pending is None:
                     batch = list(self._buffer)
                     self._buffer.clear()
                     self._pending = (uuid.uuid4().hex, batch)
+                    if self._spool is not None:
+                        self._spool.sending(*self._pending)
                 token, batch = self._pending
                 await self._sink.insert(batch, token)
                 self._pending = None
+                if self._spool is not None:
+                    self._spool.sent(self._buffer)
 
     @property
     def waiting(self) -> int:
@@ -193,3 +222,6 @@ class MetricsRecorder:
                 pass
             self._task = None
         await self.flush()
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
