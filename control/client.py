@@ -9,6 +9,7 @@ Example::
     foundry.openai.chat.completions.create(model="foundry-tiny", messages=[{"role": "user", "content": "hi"}])
     p95 = foundry.timeseries("latency_p95", interval="1h", since="24h", group_by="model").frame()
     foundry.top("cost", by="key", limit=5).frame()          # the keys that cost most this month
+    dep = foundry.deploy("foundry-tiny", cluster="local", name="tiny-chat")   # waits until it serves
 
 Times (``since``, ``until``) are datetimes (naive is UTC), ISO 8601 strings, or durations back
 from now: ``"30m"``, ``"24h"``, ``"7d"`` or a :class:`~datetime.timedelta`.
@@ -24,12 +25,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from control.analytics import TimeSeriesPublic, TopPublic
+from control.clusters_api import ClusterPublic
+from control.deployments_api import DeploymentView
+from control.registry_api import ModelPublic
 from control.login import current_token
 from control.schemas import (
     AuditPage,
@@ -296,6 +301,70 @@ class Foundry:
         if project:
             params["project"] = project
         return TopList.model_validate(self._call("GET", "/analytics/top", params=params))
+
+    # --- models, clusters, deployments ---
+
+    def models(self) -> list[ModelPublic]:
+        return [ModelPublic.model_validate(m) for m in self._call("GET", "/models")["data"]]
+
+    def add_model(self, source: str, *, name: str | None = None, **fields: Any) -> ModelPublic:
+        """Register a model directory, ``builtin:foundry-tiny`` or ``TYPE:MODEL``; one already
+        registered under that name with the same source is returned as it is."""
+        body = {"source": source, **({"name": name} if name else {}), **fields}
+        try:
+            return ModelPublic.model_validate(self._call("POST", "/models", json=body))
+        except FoundryAPIError as exc:
+            if exc.status != 409 or exc.code != "model_exists":
+                raise
+            same = [m for m in self.models() if m.source == source and (name is None or m.name == name)]
+            if not same:
+                raise
+            return same[0]
+
+    def clusters(self) -> list[ClusterPublic]:
+        return [ClusterPublic.model_validate(c) for c in self._call("GET", "/clusters")["data"]]
+
+    def add_cluster(self, name: str = "local", *, kubeconfig: str | None = None, context: str | None = None,
+                    namespace: str | None = None) -> ClusterPublic:  # fmt: skip
+        """``"local"``: the stack's Ray cluster (again: its inventory refreshed). Any other name: a
+        Kubernetes cluster with KubeRay, given its kubeconfig's text."""
+        body = {k: v for k, v in {"name": name, "kubeconfig": kubeconfig, "context": context,
+                                  "namespace": namespace}.items() if v is not None}  # fmt: skip
+        return ClusterPublic.model_validate(self._call("POST", "/clusters", json=body))
+
+    def deploy(self, model: str, *, cluster: str = "local", wait: bool = True, timeout_s: float = 1800.0,
+               **options: Any) -> DeploymentView:  # fmt: skip
+        """Deploy ``model`` on ``cluster`` (``name``, ``engine``, ``replicas``, ``slo_ttft_ms``,
+        ``slo_tpot_ms``, ``isl``, ``osl``, ``concurrency``, ... as ``POST /deployments`` takes
+        them); with ``wait``, until it runs or fails."""
+        dep = DeploymentView.model_validate(
+            self._call("POST", "/deployments", json={"model": model, "cluster": cluster, **options})
+        )
+        return self.wait_deployment(dep.id, ("running", "failed"), timeout_s) if wait else dep
+
+    def deployments(self, *, include_deleted: bool = False) -> list[DeploymentView]:
+        params = {"include_deleted": "true"} if include_deleted else None
+        return [DeploymentView.model_validate(d) for d in self._call("GET", "/deployments", params=params)["data"]]
+
+    def deployment(self, deployment_id: str) -> DeploymentView:
+        return DeploymentView.model_validate(self._call("GET", f"/deployments/{deployment_id}"))
+
+    def scale(self, deployment_id: str, **bounds: int) -> DeploymentView:
+        """``replicas=N``, or ``min_replicas``/``max_replicas`` (vLLM)."""
+        return DeploymentView.model_validate(self._call("PATCH", f"/deployments/{deployment_id}", json=bounds))
+
+    def delete_deployment(self, deployment_id: str, *, wait: bool = True, timeout_s: float = 600.0) -> DeploymentView:
+        """Drain and remove; with ``wait``, until it is deleted."""
+        dep = DeploymentView.model_validate(self._call("DELETE", f"/deployments/{deployment_id}"))
+        return self.wait_deployment(dep.id, ("deleted", "failed"), timeout_s) if wait else dep
+
+    def wait_deployment(self, deployment_id: str, statuses: tuple[str, ...], timeout_s: float) -> DeploymentView:
+        deadline = time.monotonic() + timeout_s
+        while (dep := self.deployment(deployment_id)).status not in statuses:
+            if time.monotonic() > deadline:
+                raise FoundryError(f"deployment {deployment_id} is still {dep.status} after {timeout_s:g} s")
+            time.sleep(0.5)
+        return dep
 
     # --- benchmarks and audit ---
 

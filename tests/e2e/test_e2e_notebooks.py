@@ -1,4 +1,4 @@
-"""notebooks/usage.ipynb and notebooks/benchmark_and_retrain.ipynb executed against a live stack,
+"""notebooks/usage.ipynb, benchmark_and_retrain.ipynb and deploy.ipynb executed against a live stack,
 their outputs checked; then the analytics routes and `foundry usage --interval` on that stack.
 
 Both notebooks share one stack of their own (the default configuration plus prices, so costs are
@@ -100,6 +100,15 @@ def test_benchmark_and_retrain_notebook(priced_stack, monkeypatch):
     assert (priced_stack.home / "tune" / "active").read_text().strip() == trained[1]
     assert f"predictor {trained[1]} | MAPE" in text  # the comparison after retraining used the new version
     assert len(images_of(nb)) == 1
+
+
+def test_deploy_notebook(priced_stack, monkeypatch):
+    nb = execute("deploy", priced_stack, monkeypatch)
+    text = text_of(nb)
+    assert "model foundry-tiny:" in text and "deployment tiny-notebook is running" in text
+    assert re.search(r"reply tokens: [1-8]\b", text)
+    assert "ttft_ms" in text and "requests_ok" in text  # the benchmark's figures
+    assert "deployment tiny-notebook is deleted" in text and "'tiny-notebook'" not in text.split("is deleted")[-1]
 
 
 def test_analytics_through_the_running_stack(priced_stack):
