@@ -3,10 +3,16 @@ prompt text to token ids, and the context-length check with the numbers in its m
 
 Both engines use these, so a chat request renders to the same prompt and a too-long prompt
 fails with the same 400 whichever engine serves the model.
+
+:func:`tokenize` checks the length before it tokenizes: no token of the vocabulary is longer
+than :func:`max_token_chars` characters, so a prompt of more than ``limit`` times that many
+characters has more than ``limit`` tokens for sure, and is refused at once, without the work.
+A long prompt that may fit is tokenized in a worker thread, off the caller's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jinja2 import TemplateError
@@ -33,13 +39,42 @@ def encode(tokenizer: Any, prompt: str) -> list[int]:
     return tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
 
 
-def length_error(prompt_tokens: int, max_tokens: int, limit: int, model_name: str) -> InvalidRequest | None:
-    """Why a prompt of ``prompt_tokens`` plus ``max_tokens`` does not fit a ``limit``-token context."""
+INLINE_CHARS = 8192  # shorter prompts tokenize in well under a millisecond: not worth a thread hop
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The longest token of the vocabulary, in characters of its string form (byte-level BPE and
+    SentencePiece write one character per byte or piece, so a token decodes to at most this many)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
+
+
+async def tokenize(
+    tokenizer: Any, prompt: str, *, max_tokens: int, limit: int, model_name: str, token_chars: int, param: str
+) -> list[int]:
+    """Token ids of ``prompt`` that fit the context with ``max_tokens`` more, or the 400 saying why not."""
+    at_least = -(-len(prompt) // token_chars)
+    if at_least >= limit:
+        raise InvalidRequest(
+            f"the prompt has at least {at_least} tokens ({len(prompt)} characters); {model_name} accepts at most "
+            f"{limit}", param=param,
+        )  # fmt: skip
+    ids = encode(tokenizer, prompt) if len(prompt) <= INLINE_CHARS else await asyncio.to_thread(encode, tokenizer, prompt)
+    error = length_error(len(ids), max_tokens, limit, model_name, param=param)
+    if error is not None:
+        raise error
+    return ids
+
+
+def length_error(
+    prompt_tokens: int, max_tokens: int, limit: int, model_name: str, *, param: str = "messages"
+) -> InvalidRequest | None:
+    """Why a prompt of ``prompt_tokens`` plus ``max_tokens`` does not fit a ``limit``-token context
+    (``param``: ``messages`` for chat, ``prompt`` for completions)."""
     if prompt_tokens == 0:
-        return InvalidRequest("the prompt is empty", param="messages")
+        return InvalidRequest("the prompt is empty", param=param)
     if prompt_tokens >= limit:
         return InvalidRequest(
-            f"the prompt has {prompt_tokens} tokens; {model_name} accepts at most {limit}", param="messages"
+            f"the prompt has {prompt_tokens} tokens; {model_name} accepts at most {limit}", param=param
         )
     if prompt_tokens + max_tokens > limit:
         return InvalidRequest(

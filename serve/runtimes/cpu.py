@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from serve.runtimes._detok import TextStream
-from serve.runtimes._prompt import check_params, encode, length_error, render_chat
+from serve.runtimes._prompt import check_params, max_token_chars, render_chat, tokenize
 from serve.runtimes._sampling import make_generator, sample
 from serve.runtimes.engine import (
     ChatMessage,
@@ -158,6 +158,7 @@ class CPUEngine:
             torch.set_num_threads(torch_threads)
         self.model_name = model_name
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self._token_chars = max_token_chars(self._tokenizer)
         self._model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[dtype], local_files_only=True)
         self._model.eval()
         context = _context_length(self._model.config)
@@ -188,8 +189,15 @@ class CPUEngine:
         with self._cond:
             return self._in_flight
 
-    async def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[TokenDelta]:
+    async def generate(
+        self, prompt: str, params: SamplingParams, request_id: str, *, prompt_param: str = "prompt"
+    ) -> AsyncIterator[TokenDelta]:
         _validate(params)
+        # here, not in the scheduler thread: a long prompt must not hold up every running request
+        prompt_ids = await tokenize(
+            self._tokenizer, prompt, max_tokens=params.max_tokens, limit=self.max_model_len,
+            model_name=self.model_name, token_chars=self._token_chars, param=prompt_param,
+        )  # fmt: skip
         seq = _Sequence(
             request_id=request_id,
             prompt=prompt,
@@ -197,6 +205,7 @@ class CPUEngine:
             loop=asyncio.get_running_loop(),
             stream=TextStream(self._tokenizer, params.stop),
             generator=make_generator(params),
+            prompt_ids=prompt_ids,
         )
         with self._cond:
             if self._closing:
@@ -255,7 +264,7 @@ class CPUEngine:
         running = self._running
         if running is not None:
             running.keep([row for row, seq in enumerate(running.seqs) if not seq.cancelled])
-        admitted = [seq for seq in admitted if not seq.cancelled and self._tokenize(seq)]
+        admitted = [seq for seq in admitted if not seq.cancelled]
         if admitted:
             try:
                 batch = self._prefill(admitted)
@@ -277,13 +286,6 @@ class CPUEngine:
     def _step_error(self, exc: Exception) -> str:
         logger.error("engine %s: generation step failed", self.model_name, exc_info=exc)
         return f"generation failed in {self.model_name}; the runtime log has the details"
-
-    def _tokenize(self, seq: _Sequence) -> bool:
-        seq.prompt_ids = encode(self._tokenizer, seq.prompt)
-        error = length_error(len(seq.prompt_ids), seq.params.max_tokens, self.max_model_len, self.model_name)
-        if error is not None:
-            _post([(seq, error)])
-        return error is None
 
     def _prefill(self, seqs: list[_Sequence]) -> _Batch:
         width = max(len(seq.prompt_ids) for seq in seqs)

@@ -52,7 +52,8 @@ class TextRuntime:
         if params.max_tokens is None:
             params = replace(params, max_tokens=DEFAULT_MAX_TOKENS)
         # aclosing: a cancelled caller frees its batch slot now, not when the generator is collected
-        async with aclosing(self.engine.generate(prompt, params, request.request_id)) as deltas:
+        param = "prompt" if request.messages is None else "messages"
+        async with aclosing(self.engine.generate(prompt, params, request.request_id, prompt_param=param)) as deltas:
             async for delta in deltas:
                 yield delta
 

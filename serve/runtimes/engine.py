@@ -106,9 +106,11 @@ class TextEngine(Protocol):
         """Format chat messages as a prompt (the tokenizer's chat template, or a plain fallback)."""
         ...
 
-    def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[TokenDelta]:
+    def generate(
+        self, prompt: str, params: SamplingParams, request_id: str, *, prompt_param: str = "prompt"
+    ) -> AsyncIterator[TokenDelta]:
         """Stream deltas for ``prompt``. Closing the iterator early cancels the request and frees
-        its batch slot."""
+        its batch slot. ``prompt_param`` is what a too-long prompt's 400 names (``messages`` for chat)."""
         ...
 
     def unfinished_requests(self) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from serve.config import VLLMRuntimeConfig
-from serve.runtimes._prompt import check_params, encode, length_error, render_chat
+from serve.runtimes._prompt import check_params, max_token_chars, render_chat, tokenize
 from serve.runtimes.engine import ChatMessage, EngineError, InvalidRequest, SamplingParams, TokenDelta
 from serve.runtimes.placement import Device
 from serve.runtimes.vllm_metrics import VLLMMetrics
@@ -112,6 +112,7 @@ class VLLMEngine:
         except TypeError as exc:  # an engine_args key this vLLM does not know
             raise ValueError(f"runtimes.{model_name}.engine_args: {exc}") from exc
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self._token_chars = max_token_chars(self._tokenizer)
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self.metrics.stat_logger])
         self.max_model_len = int(self._llm.model_config.max_model_len)
 
@@ -122,16 +123,18 @@ class VLLMEngine:
         """Requests the engine still holds (running or waiting)."""
         return self._llm.get_num_unfinished_requests()
 
-    async def generate(self, prompt: str, params: SamplingParams, request_id: str) -> AsyncIterator[TokenDelta]:
+    async def generate(
+        self, prompt: str, params: SamplingParams, request_id: str, *, prompt_param: str = "prompt"
+    ) -> AsyncIterator[TokenDelta]:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         check_params(params.max_tokens, params.temperature, params.top_p)
-        prompt_ids = encode(self._tokenizer, prompt)
-        error = length_error(len(prompt_ids), params.max_tokens, self.max_model_len, self.model_name)
-        if error is not None:
-            raise error
+        prompt_ids = await tokenize(
+            self._tokenizer, prompt, max_tokens=params.max_tokens, limit=self.max_model_len,
+            model_name=self.model_name, token_chars=self._token_chars, param=prompt_param,
+        )  # fmt: skip
         completion_tokens = 0
         try:
             stream = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), self._sampling(params), request_id)

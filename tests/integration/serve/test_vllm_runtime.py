@@ -155,6 +155,7 @@ def test_too_long_prompt_is_a_400_with_the_numbers(stack):
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert "2048" in error["message"] and "tokens" in error["message"]
+    assert error["param"] == "prompt"  # a completions request has no messages
     fits = {"model": RUNTIME, "prompt": "hello " * 1000, "max_tokens": 2000}
     r = httpx.post(f"{stack.gateway_url}/completions", json=fits, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
     assert r.status_code == 400, r.text

@@ -234,7 +234,10 @@ async def test_prompt_longer_than_the_context_is_rejected(tiny_model_dir: Path) 
     try:
         with pytest.raises(InvalidRequest) as too_long:
             await collect(engine, "word " * 100, GREEDY)
-        assert too_long.value.param == "messages" and "64" in too_long.value.message
+        assert too_long.value.param == "prompt" and "64" in too_long.value.message
+        with pytest.raises(InvalidRequest) as chat:
+            await anext(engine.generate("word " * 100, GREEDY, "chat", prompt_param="messages"))
+        assert chat.value.param == "messages"
         with pytest.raises(InvalidRequest) as too_many:
             await collect(engine, PROMPT, SamplingParams(max_tokens=60))
         assert too_many.value.param == "max_tokens" and "64" in too_many.value.message
@@ -245,6 +248,20 @@ async def test_prompt_longer_than_the_context_is_rejected(tiny_model_dir: Path) 
         await engine.close()
     with pytest.raises(ValueError, match="2048"):
         CPUEngine(tiny_model_dir, model_name="foundry-tiny", max_model_len=4096)
+
+
+async def test_a_huge_prompt_is_refused_by_its_length_before_tokenizing_and_others_keep_going(engine) -> None:
+    """4 MiB of text (the gateway's body limit): refused from its character count, without
+    tokenizing it, while a request already running streams on."""
+    running = asyncio.ensure_future(collect(engine, PROMPT, SamplingParams(max_tokens=64, temperature=0), "running"))
+    huge = "lorem ipsum dolor sit amet " * (4 * 1024 * 1024 // 27)
+    with pytest.raises(InvalidRequest) as refused:
+        await anext(engine.generate(huge, GREEDY, "huge", prompt_param="messages"))
+    # "at least": counted from the characters, not the tokens (the exact count says "has N tokens")
+    assert refused.value.param == "messages" and "at least" in refused.value.message
+    assert f"{len(huge)} characters" in refused.value.message
+    text, deltas = await asyncio.wait_for(running, timeout=60)
+    assert deltas[-1].finish_reason in ("length", "stop") and text
 
 
 @pytest.mark.parametrize(
