@@ -7,7 +7,8 @@ path. The cache follows the database in two ways:
   when it changed (revocations take effect within that period);
 - a miss (an unknown hash) triggers one immediate refresh, so a key created a moment ago works
   on its first request. Concurrent misses share that refresh: a flood of bad keys costs the
-  database at most one query at a time.
+  database at most one query at a time. A miss waits for a refresh that *started after it
+  arrived*: one already under way may have read the database before the key was written.
 
 When the database is down, the keys already loaded keep working; a miss then gets 503
 (:class:`KeysUnavailable`, retryable) rather than 401, since the key may be valid and newer.
@@ -34,6 +35,7 @@ class KeyCache:
         self._keys: dict[str, ApiKeyInfo] = {}
         self._fingerprint: str | None = None
         self._inflight: asyncio.Task | None = None
+        self._inflight_started = 0.0  # monotonic time the refresh in _inflight began
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -64,8 +66,13 @@ class KeyCache:
         return info
 
     async def _shared_refresh(self) -> bool:
-        """Whether the cache now holds what the source holds."""
-        if self._inflight is None or self._inflight.done():
+        """Whether the cache now holds what the source held when this call began."""
+        arrived = time.monotonic()
+        older = self._inflight
+        if older is not None and not older.done() and self._inflight_started < arrived:
+            await asyncio.wait([older])  # its outcome is the next refresh's business
+        if self._inflight is None or self._inflight.done() or self._inflight_started < arrived:
+            self._inflight_started = time.monotonic()
             self._inflight = asyncio.get_running_loop().create_task(self._refresh(force=False))
         try:
             await asyncio.shield(self._inflight)

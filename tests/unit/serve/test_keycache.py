@@ -115,3 +115,32 @@ async def test_with_the_source_down_known_keys_work_and_unknown_ones_get_503():
     with pytest.raises(AuthenticationFailed):
         await cache.authenticate("Bearer sk-fnd-bad")
     await cache.close()
+
+
+async def test_a_key_written_while_a_refresh_is_reading_works_on_its_first_request():
+    """A refresh under way read the store before the key existed; the miss must not settle for it."""
+    src = MemoryKeySource()
+    cache = KeyCache(src, refresh_s=60)
+    await cache.start()
+    gate = asyncio.Event()
+    load = src.load_active
+
+    async def slow_load():
+        snapshot = await load()  # what the store holds now: before the key below
+        await gate.wait()
+        return snapshot
+
+    src.load_active = slow_load
+    src.version += 1  # something changed: the next refresh loads
+    under_way = asyncio.ensure_future(cache.authenticate("Bearer sk-fnd-unknown"))  # a miss starts a refresh
+    await wait_until(lambda: src.loads == 2)  # it has read the store
+    k = new_key()
+    src.add(k)  # written after that read
+    src.load_active = load
+    first = asyncio.ensure_future(cache.authenticate(f"Bearer {k}"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert (await first).key_id == "key_" + k[-6:]
+    with pytest.raises(AuthenticationFailed):
+        await under_way
+    await cache.close()
