@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -180,25 +179,3 @@ def _admin_sql(port: int, sql: str) -> None:
         host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True, connect_timeout=10
     ) as conn:
         conn.execute(sql)
-
-
-# --- process exit ------------------------------------------------------------------------------
-# Native libraries loaded by the suite (chdb's embedded ClickHouse server, Ray's core worker,
-# torch's thread pools) tear down in destructors at interpreter exit, and one of them
-# occasionally crashed there (SIGSEGV after "N passed"), turning a green run red. Every test
-# has finished and every report is written by the time pytest unconfigures, so leave then,
-# with pytest's exit status, without running those destructors.
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
-    session.config._foundry_exit_status = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    status = getattr(config, "_foundry_exit_status", None)
-    if status is not None and not hasattr(config, "workerinput"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
