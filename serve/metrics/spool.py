@@ -54,7 +54,7 @@ class Spool:
         self._fd = os.open(self._path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
 
     def append(self, rec: RequestRecord) -> None:
-        os.write(self._fd, orjson.dumps({"row": rec.as_dict()}) + b"\n")
+        os.write(self._fd, orjson.dumps({"row": rec}) + b"\n")
 
     def sending(self, token: str, rows: Iterable[RequestRecord]) -> None:
         os.write(self._fd, orjson.dumps({"batch": token, "ids": [r.request_id for r in rows]}) + b"\n")
@@ -62,7 +62,7 @@ class Spool:
     def sent(self, unsent: Iterable[RequestRecord]) -> None:
         """The last batch is stored: keep only ``unsent`` (rows recorded since)."""
         tmp = self._dir / f"{self.id}.tmp"
-        tmp.write_bytes(b"".join(orjson.dumps({"row": r.as_dict()}) + b"\n" for r in unsent))
+        tmp.write_bytes(b"".join(orjson.dumps({"row": r}) + b"\n" for r in unsent))
         os.replace(tmp, self._path)
         os.close(self._fd)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
