@@ -2,9 +2,9 @@
 
 ::
 
-    ControlError                 500 server_error
+    ControlError                 500 server_error            (a serve.errors.FoundryError)
     ├── InvalidRequest           400 invalid_request_error   (names the field in ``param``)
-    ├── AuthenticationFailed     401 authentication_error
+    ├── AuthenticationFailed     401 invalid_request_error   (as OpenAI and /v1 answer a bad key)
     ├── PermissionDenied         403 permission_error
     ├── NotFound                 404 not_found_error
     ├── Conflict                 409 invalid_request_error
@@ -21,26 +21,11 @@ operator.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from serve.errors import FoundryError
 
 
-class ControlError(Exception):
+class ControlError(FoundryError):
     """Base of every error the control API reports; on its own, an unexpected server error."""
-
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "server_error"
-    code: ClassVar[str] = "internal_error"
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-
-    def body(self, request_id: str | None = None) -> dict:
-        message = self.message if request_id is None else f"{self.message} (request id: {request_id})"
-        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class InvalidRequest(ControlError):
@@ -51,7 +36,7 @@ class InvalidRequest(ControlError):
 
 class AuthenticationFailed(ControlError):
     status = 401
-    type = "authentication_error"
+    type = "invalid_request_error"
     code = "invalid_api_key"
 
 

@@ -371,7 +371,7 @@ def _refusal(
         retry_after = max(waits)
         check, state = over[waits.index(retry_after)]
         error = RateLimited(
-            _rate_message(check, state, retry_after), retry_after_s=retry_after, headers=headers, error_type=check.kind
+            _rate_message(check, state, retry_after), retry_after_s=retry_after, headers=headers, kind=check.kind
         )
     headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from serve.config import ModelConfig, PricingConfig
 from serve.gateway.breaker import CircuitBreaker
-from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable
+from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable, from_provider_error
 from serve.providers.base import Provider
 from serve.providers.errors import (
     ProviderError,
@@ -187,9 +187,9 @@ class Router:
                     if isinstance(exc, UpstreamStatus) and exc.retry_after_s:
                         slot.not_before = self._clock() + exc.retry_after_s
                     if not exc.retryable:
-                        raise _to_gateway_error(exc) from None
+                        raise from_provider_error(exc) from None
                     if self._clock() >= deadline:
-                        raise _to_gateway_error(UpstreamTimeout(exc.provider, "total_ms elapsed")) from None
+                        raise from_provider_error(UpstreamTimeout(exc.provider, "total_ms elapsed")) from None
                     continue
                 except BaseException:
                     slot.breaker.release()
@@ -214,7 +214,7 @@ class Router:
                 code="circuit_open",
                 retry_after_s=wait,
             )
-        raise _to_gateway_error(last)
+        raise from_provider_error(last)
 
     async def _first(self, slot: Slot, gen: AsyncIterator[TokenDelta], route: ModelRoute, deadline: float) -> TokenDelta:
         ttft_ms = route.config.timeouts.ttft_ms
@@ -275,43 +275,3 @@ def _score(slot: Slot, exc: ProviderError) -> None:
         slot.breaker.record_failure()
     else:
         slot.breaker.release()
-
-
-class UpstreamRejected(GatewayError):
-    """A provider's error passed on to the client, with the status it deserves here."""
-
-
-def as_gateway_error(exc: ProviderError) -> GatewayError:
-    """What the client is told about a provider failure that will not be retried."""
-    return _to_gateway_error(exc)
-
-
-def _to_gateway_error(exc: ProviderError) -> GatewayError:
-    if isinstance(exc, UpstreamStatus):
-        if exc.status in (400, 413, 422):
-            return InvalidRequest(exc.upstream_message, param=exc.param, code=exc.code or "invalid_request")
-        if exc.status == 429:
-            err = UpstreamRejected(
-                f"The provider is rate limiting requests: {exc.upstream_message}", code="rate_limit_exceeded"
-            )
-            err.status_code, err.error_type = 429, "requests"
-            err.retry_after_s = exc.retry_after_s
-            return err
-        if exc.status in (401, 403, 404):
-            err = UpstreamRejected(f"The provider {exc.provider} refused the gateway's request (HTTP {exc.status}).")
-            err.status_code, err.code = 502, "upstream_rejected"
-            return err
-        err = UpstreamRejected(f"The provider {exc.provider} failed (HTTP {exc.status}).", code="upstream_error")
-        err.status_code = 502
-        return err
-    if isinstance(exc, UnsupportedOperation):
-        return InvalidRequest(f"The model's provider {exc.provider} cannot do this: {exc.message}", code=exc.code)
-    if isinstance(exc, UpstreamTimeout):
-        err = UpstreamRejected(f"Timed out: {exc.message}.", code="upstream_timeout")
-        err.status_code = 504
-        return err
-    if isinstance(exc, UpstreamProtocolError):
-        err = UpstreamRejected(f"The provider {exc.provider} sent an invalid response.", code="upstream_protocol_error")
-        err.status_code = 502
-        return err
-    return ProviderUnavailable(f"The provider {exc.provider} could not be reached.", code="upstream_unreachable")

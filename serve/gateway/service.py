@@ -23,7 +23,8 @@ from serve.gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from serve.gateway.keycache import KeyCache
 from serve.gateway.ratelimit import Limiter, Ticket
 from serve.gateway.routetable import RouteTable
-from serve.gateway.routing import ModelRoute, Opened, Outcome, as_gateway_error
+from serve.gateway.errors import from_provider_error
+from serve.gateway.routing import ModelRoute, Opened, Outcome
 from serve.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -89,8 +90,8 @@ class _Tracker:
         return max(0.0, (time.perf_counter() - self.t0 - self.outcome.upstream_s) * 1000)
 
     def fail(self, err: GatewayError) -> None:
-        self.rec.status = err.status_code
-        self.rec.error_type = err.error_type
+        self.rec.status = err.status
+        self.rec.error_type = err.type
         self.headers.update(err.headers)
 
 
@@ -154,7 +155,7 @@ class GatewayService:
         try:
             key = await self._keys.authenticate(authorization)
         except GatewayError as err:
-            return Reply(err.status_code, body=err.body(), headers=err.headers)
+            return Reply(err.status, body=err.json(), headers=err.headers)
         names = [m for m in self._router.routes if key.models is None or m in key.models]
         return Reply(200, body=wire.model_list(names, self._created))
 
@@ -231,7 +232,7 @@ class GatewayService:
             yield wire.DONE
         except (GatewayError, ProviderError) as exc:
             # Bytes already went out: nothing can be retried. One error event, then close.
-            err = exc if isinstance(exc, GatewayError) else as_gateway_error(exc)
+            err = exc if isinstance(exc, GatewayError) else from_provider_error(exc)
             track.fail(err)
             track.tokens(last.prompt_tokens, last.completion_tokens)
             yield wire.sse_error(err)
@@ -294,7 +295,7 @@ class GatewayService:
 
     def _error_reply(self, track: _Tracker, err: GatewayError) -> Reply:
         track.fail(err)
-        return Reply(err.status_code, body=err.body(), headers=track.headers)
+        return Reply(err.status, body=err.json(), headers=track.headers)
 
     def _internal_error(self, track: _Tracker) -> Reply:
         log.exception("request %s failed", track.rec.request_id)

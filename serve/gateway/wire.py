@@ -17,7 +17,7 @@ def sse(obj: dict) -> bytes:
 
 
 def sse_error(err: GatewayError) -> bytes:
-    return b"data: " + err.body() + b"\n\n"
+    return b"data: " + err.json() + b"\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -66,7 +66,7 @@ class LocalProvider:
 def _translate(exc: Exception, name: str) -> ProviderError:
     cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
     if isinstance(cause, EngineError):
-        return UpstreamStatus(name, cause.status_code, cause.message, code=cause.code, param=cause.param)
+        return UpstreamStatus(name, cause.status, cause.message, code=cause.code, param=cause.param)
     if isinstance(cause, BackPressureError):
         return UpstreamStatus(name, 503, "the runtime is overloaded", code="overloaded")
     return UpstreamConnectError(name, "the runtime is unavailable")

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from serve.errors import FoundryError
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -69,28 +71,21 @@ class EmbeddingResult:
     prompt_tokens: int
 
 
-class EngineError(Exception):
-    status_code = 500
-    error_type = "server_error"
-    code: str | None = None
-    param: str | None = None
+class EngineError(FoundryError):
+    """A runtime's refusal or failure (:mod:`serve.errors`); the gateway passes it on as is."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if param is not None:
-            self.param = param
+    code: str | None = "engine_error"
 
 
 class InvalidRequest(EngineError):
-    status_code = 400
-    error_type = "invalid_request_error"
+    status = 400
+    type = "invalid_request_error"
     code = "invalid_request"
 
 
 class EngineOverloaded(EngineError):
-    status_code = 503
-    error_type = "server_error"
+    status = 503
+    type = "server_error"
     code = "engine_overloaded"
 
 

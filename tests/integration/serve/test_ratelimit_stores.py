@@ -93,7 +93,7 @@ async def test_rpm_admits_exactly_the_limit_of_concurrent_requests(make_limiter)
     admitted, refused = await burst(make_limiter(Clock()), key, 15)
     assert len(admitted) == 10 and len(refused) == 5
     for err in refused:
-        assert isinstance(err, RateLimited) and (err.status_code, err.code, err.error_type) == (
+        assert isinstance(err, RateLimited) and (err.status, err.code, err.type) == (
             429, "rate_limit_exceeded", "requests")  # fmt: skip
         assert err.retry_after_s > 0 and int(err.headers["retry-after"]) >= 1
         assert err.headers["x-ratelimit-limit-requests"] == "10"
@@ -145,7 +145,7 @@ async def test_tpm_reserves_the_prompt_estimate_and_settles_actual_usage(make_li
     assert (first.headers["x-ratelimit-limit-tokens"], first.headers["x-ratelimit-remaining-tokens"]) == ("100", "40")
     with pytest.raises(RateLimited) as caught:
         await limiter.admit(key, "m", 50, 500)
-    assert caught.value.error_type == "tokens" and caught.value.retry_after_s == pytest.approx(60)
+    assert caught.value.type == "tokens" and caught.value.retry_after_s == pytest.approx(60)
 
     clock.t = T0 + 1
     await limiter.settle(first, 10, 20, 0.0)  # 30 actual tokens replace the 60 reserved
@@ -206,7 +206,7 @@ async def test_a_token_budget_runs_out_until_the_day_rolls(make_limiter) -> None
     await limiter.settle(await limiter.admit(key, "m", 20, 100), 20, 0, 0.0)
     with pytest.raises(QuotaExceeded) as caught:
         await limiter.admit(key, "m", 1, 100)
-    assert (caught.value.status_code, caught.value.code, caught.value.error_type) == (
+    assert (caught.value.status, caught.value.code, caught.value.type) == (
         429, "insufficient_quota", "insufficient_quota")  # fmt: skip
     assert caught.value.retry_after_s == pytest.approx(3600)
     assert caught.value.headers["retry-after"] == "3600"

@@ -20,7 +20,7 @@ from control.errors import (
     ("error", "status", "type_"),
     [
         (InvalidRequest, 400, "invalid_request_error"),
-        (AuthenticationFailed, 401, "authentication_error"),
+        (AuthenticationFailed, 401, "invalid_request_error"),
         (PermissionDenied, 403, "permission_error"),
         (NotFound, 404, "not_found_error"),
         (Conflict, 409, "invalid_request_error"),

@@ -220,7 +220,7 @@ async def test_requests_beyond_the_queue_are_rejected(tiny_model_dir: Path) -> N
         queued = await started(collect(engine, PROMPT, GREEDY, "queued"))
         with pytest.raises(EngineOverloaded) as rejected:
             await anext(engine.generate(PROMPT, GREEDY, "rejected"))
-        assert (rejected.value.status_code, rejected.value.code) == (503, "engine_overloaded")
+        assert (rejected.value.status, rejected.value.code) == (503, "engine_overloaded")
         assert not queued.done()
         await running.aclose()
         _, deltas = await asyncio.wait_for(queued, timeout=60)
@@ -241,7 +241,7 @@ async def test_prompt_longer_than_the_context_is_rejected(tiny_model_dir: Path) 
         with pytest.raises(InvalidRequest) as too_many:
             await collect(engine, PROMPT, SamplingParams(max_tokens=60))
         assert too_many.value.param == "max_tokens" and "64" in too_many.value.message
-        assert too_many.value.status_code == 400
+        assert too_many.value.status == 400
         text, _ = await collect(engine, PROMPT, SamplingParams(max_tokens=8))  # still serving
         assert text
     finally:

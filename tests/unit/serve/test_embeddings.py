@@ -60,7 +60,7 @@ async def test_long_texts_are_truncated_to_the_model_limit(embedder: SentenceEmb
 async def test_an_empty_input_list_is_rejected(embedder: SentenceEmbedder) -> None:
     with pytest.raises(InvalidRequest) as error:
         await embedder.embed([])
-    assert (error.value.param, error.value.status_code) == ("input", 400)
+    assert (error.value.param, error.value.status) == ("input", 400)
 
 
 @pytest.mark.slow  # importing sentence-transformers takes ~10 s

@@ -34,7 +34,7 @@ def body(**kw) -> bytes:
 def test_invalid_chat_requests(raw, param):
     with pytest.raises(InvalidRequest) as exc:
         parse_body(raw, ChatCompletionRequest)
-    assert exc.value.status_code == 400
+    assert exc.value.status == 400
     assert exc.value.param == param
     assert exc.value.message
 

@@ -63,7 +63,7 @@ async def test_rpm_10_lets_exactly_10_of_15_concurrent_requests_through() -> Non
     admitted, refused = await burst(limiter, api_key(rpm=10), 15)
     assert len(admitted) == 10 and len(refused) == 5
     for err in refused:
-        assert isinstance(err, RateLimited) and err.status_code == 429
+        assert isinstance(err, RateLimited) and err.status == 429
         assert err.retry_after_s == pytest.approx(60.0)
         assert err.headers["retry-after"] == "60" and err.headers["x-ratelimit-remaining-requests"] == "0"
     assert sorted(int(t.headers["x-ratelimit-remaining-requests"]) for t in admitted) == list(range(10))
@@ -89,7 +89,7 @@ async def test_a_store_that_fails_refuses_limited_keys_with_503_and_settle_only_
     assert "unavailable at start-up" in caplog.text
     with pytest.raises(LimitsUnavailable) as caught:
         await limiter.admit(api_key(budget=Budget(tokens=10)), "m", 1, 1)
-    assert caught.value.status_code == 503 and caught.value.code == "limits_unavailable"
+    assert caught.value.status == 503 and caught.value.code == "limits_unavailable"
 
     ok = await Limiter(MemoryStore(), clock=Clock()).admit(api_key(tpm=100), "m", 1, 1)
     with caplog.at_level(logging.WARNING, logger="serve.gateway.ratelimit"):
@@ -114,7 +114,7 @@ async def test_error_bodies_use_openai_codes() -> None:
     key = api_key(tpm=100, budget=Budget(usd=1.0))
     with pytest.raises(RateLimited) as rate:
         await limiter.admit(key, "m", 101, 1)
-    body = orjson.loads(rate.value.body())["error"]
+    body = rate.value.body()["error"]
     assert (body["type"], body["code"]) == ("tokens", "rate_limit_exceeded")
     assert "Request too large" in body["message"] and "limit 100, requested 101" in body["message"]
 
@@ -122,8 +122,8 @@ async def test_error_bodies_use_openai_codes() -> None:
     await limiter.settle(ticket, 10, 10, 1.25)
     with pytest.raises(QuotaExceeded) as quota:
         await limiter.admit(key, "m", 10, 1)
-    body = orjson.loads(quota.value.body())["error"]
-    assert (quota.value.status_code, body["type"], body["code"]) == (429, "insufficient_quota", "insufficient_quota")
+    body = quota.value.body()["error"]
+    assert (quota.value.status, body["type"], body["code"]) == (429, "insufficient_quota", "insufficient_quota")
     assert "$1.2500 of $1 used" in body["message"] and "2030-04-01T00:00:00Z" in body["message"]
     assert key.key_id in body["message"]
 
@@ -200,8 +200,8 @@ async def test_a_members_budget_is_shared_by_its_keys() -> None:
     for key in (first, second, *member_keys(1, budget=Budget(usd=1.0))):  # a third key does not help
         with pytest.raises(QuotaExceeded) as quota:
             await limiter.admit(key, "m", 10, 10)
-        body = orjson.loads(quota.value.body())["error"]
-        assert (quota.value.status_code, body["code"]) == (429, "insufficient_quota")
+        body = quota.value.body()["error"]
+        assert (quota.value.status, body["code"]) == (429, "insufficient_quota")
         assert "member mira@example.com of project 'app'" in body["message"] and "$1.2000 of $1" in body["message"]
     other = MemberLimits(id="proj_1:usr_2", label="member otto", budget=Budget(usd=1.0))
     await limiter.admit(api_key(member=other), "m", 10, 10)  # another member's budget is its own

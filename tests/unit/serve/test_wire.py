@@ -45,7 +45,7 @@ def test_embeddings_base64_round_trip():
 
 
 def test_error_body_shape():
-    body = orjson.loads(ModelNotFound("x").body())
+    body = ModelNotFound("x").body()
     assert body == {
         "error": {
             "message": "The model 'x' does not exist or you do not have access to it.",
