@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.gateway.errors import InvalidRequest
+from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
 
 MAX_MESSAGES = 2048
 MAX_EMBEDDING_INPUTS = 2048
@@ -72,6 +73,16 @@ class _Sampling(_Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=self.token_limit,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=self.stop_tuple,
+        )
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
@@ -80,6 +91,14 @@ class ChatCompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         """None: the client set no limit (local runtimes default to 256, providers to theirs)."""
         return self.max_completion_tokens or self.max_tokens
+
+    def prompt_estimate(self) -> int:
+        """Tokens to reserve before the provider counts them: ~4 characters a token."""
+        return sum(len(m.text()) // 4 + 4 for m in self.messages) + 2
+
+    def generate_request(self, request_id: str) -> GenerateRequest:
+        messages = tuple(ChatMessage(m.role, m.text()) for m in self.messages)
+        return GenerateRequest(request_id=request_id, params=self.sampling(), messages=messages)
 
 
 class CompletionRequest(_Sampling):
@@ -92,6 +111,12 @@ class CompletionRequest(_Sampling):
     @property
     def token_limit(self) -> int:
         return self.max_tokens or 16  # the OpenAI completions default
+
+    def prompt_estimate(self) -> int:
+        return len(self.prompt_text) // 4 + 1
+
+    def generate_request(self, request_id: str) -> GenerateRequest:
+        return GenerateRequest(request_id=request_id, params=self.sampling(), prompt=self.prompt_text)
 
 
 Text = Annotated[str, Field(min_length=1)]

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -36,7 +36,6 @@ from serve.gateway.telemetry import Telemetry
 from serve.metrics.actor import MetricsRecorder
 from serve.metrics.records import RequestRecord
 from serve.providers.errors import ProviderError
-from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,21 @@ class Reply:
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One generation endpoint: its body, its stream's chunks and its whole response."""
+
+    endpoint: str
+    id_prefix: str
+    body: type[ChatCompletionRequest] | type[CompletionRequest]
+    chunks: type[wire.ChunkWriter]
+    completion: Callable[..., bytes]
+
+
+CHAT = _Kind("chat.completions", "chatcmpl-", ChatCompletionRequest, wire.ChatChunks, wire.chat_completion)
+TEXT = _Kind("completions", "cmpl-", CompletionRequest, wire.TextChunks, wire.text_completion)
 
 
 class _Tracker:
@@ -111,10 +125,10 @@ class GatewayService:
     # --- endpoints ---------------------------------------------------------------------------
 
     async def chat_completions(self, authorization: str | None, raw: bytes) -> Reply:
-        return await self._generate("chat.completions", authorization, raw, chat=True)
+        return await self._generate(CHAT, authorization, raw)
 
     async def completions(self, authorization: str | None, raw: bytes) -> Reply:
-        return await self._generate("completions", authorization, raw, chat=False)
+        return await self._generate(TEXT, authorization, raw)
 
     async def embeddings(self, authorization: str | None, raw: bytes) -> Reply:
         track = _Tracker("embeddings", "emb-" + uuid.uuid4().hex, raw)
@@ -169,24 +183,24 @@ class GatewayService:
 
     # --- generation ------------------------------------------------------------------------
 
-    async def _generate(self, endpoint: str, authorization: str | None, raw: bytes, *, chat: bool) -> Reply:
-        track = _Tracker(endpoint, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, raw)
+    async def _generate(self, kind: _Kind, authorization: str | None, raw: bytes) -> Reply:
+        track = _Tracker(kind.endpoint, kind.id_prefix + uuid.uuid4().hex, raw)
         streaming = False
         try:
             key = await self._keys.authenticate(authorization)
             track.key(key)
-            body = parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
+            body = parse_body(raw, kind.body)
             track.rec.model = body.model
             route = await self._check_model(track, body.model, key)
             track.rec.streamed = bool(body.stream)
-            await self._admit(track, key, route, _prompt_estimate(body, chat), body.token_limit)
-            request = _generate_request(track.rec.request_id, body, chat)
+            await self._admit(track, key, route, body.prompt_estimate(), body.token_limit)
+            request = body.generate_request(track.rec.request_id)
             if body.stream:
                 opened = await self._router.open_stream(route, request, track.outcome)
                 track.routed()
                 track.first_token()
-                writer = wire.ChunkWriter(
-                    chat=chat, rid=track.rec.request_id, created=int(time.time()), model=body.model,
+                writer = kind.chunks(
+                    rid=track.rec.request_id, created=int(time.time()), model=body.model,
                     include_usage=body.include_usage,
                 )  # fmt: skip
                 track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
@@ -197,9 +211,8 @@ class GatewayService:
             track.first_token()
             last = deltas[-1]
             track.tokens(last.prompt_tokens, last.completion_tokens)
-            build = wire.chat_completion if chat else wire.text_completion
             text = "".join(d.text for d in deltas)
-            out = build(
+            out = kind.completion(
                 track.rec.request_id, int(time.time()), body.model, text, last.finish_reason,
                 last.prompt_tokens, last.completion_tokens,
             )  # fmt: skip
@@ -346,22 +359,3 @@ def _shorten(vectors: list[list[float]], dimensions: int | None) -> list[list[fl
     return shortened
 
 
-def _prompt_estimate(body, chat: bool) -> int:
-    """Tokens to reserve before the provider counts them: ~4 characters a token."""
-    if chat:
-        return sum(len(m.text()) // 4 + 4 for m in body.messages) + 2
-    return len(body.prompt_text) // 4 + 1
-
-
-def _generate_request(rid: str, body, chat: bool) -> GenerateRequest:
-    params = SamplingParams(
-        max_tokens=body.token_limit,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        stop=body.stop_tuple,
-    )
-    if chat:
-        messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
-        return GenerateRequest(request_id=rid, params=params, messages=messages)
-    return GenerateRequest(request_id=rid, params=params, prompt=body.prompt_text)

@@ -62,44 +62,53 @@ def text_completion(rid: str, created: int, model: str, text: str, finish: str |
 
 
 class ChunkWriter:
-    """Builds the chunks of one stream (chat or text completion)."""
+    """Builds the chunks of one stream; one subclass per kind of stream."""
 
-    def __init__(self, *, chat: bool, rid: str, created: int, model: str, include_usage: bool) -> None:
-        self._chat = chat
-        self._base = {
-            "id": rid,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": model,
-        }
+    object = ""
+
+    def __init__(self, *, rid: str, created: int, model: str, include_usage: bool) -> None:
+        self._base = {"id": rid, "object": self.object, "created": created, "model": model}
         self._include_usage = include_usage
 
     def first(self) -> bytes | None:
-        """Chat streams open with the assistant role, as OpenAI's do."""
-        if not self._chat:
-            return None
-        return self._chunk({"role": "assistant", "content": ""}, None)
+        """What opens the stream before any text (nothing, unless the kind says otherwise)."""
+        return None
 
     def delta(self, text: str, finish: str | None) -> bytes:
-        if self._chat:
-            return self._chunk({"content": text} if text else {}, finish)
-        return self._chunk(text, finish)
+        body = {**self._base, "choices": [self._choice(text, finish)]}
+        if self._include_usage:
+            body["usage"] = None
+        return sse(body)
 
     def usage(self, pt: int, ct: int) -> bytes | None:
         if not self._include_usage:
             return None
         return sse({**self._base, "choices": [], "usage": usage(pt, ct)})
 
-    def _chunk(self, delta, finish: str | None) -> bytes:
-        choice = (
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            if self._chat
-            else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-        )
-        body = {**self._base, "choices": [choice]}
+    def _choice(self, text: str, finish: str | None) -> dict:
+        raise NotImplementedError
+
+
+class ChatChunks(ChunkWriter):
+    object = "chat.completion.chunk"
+
+    def first(self) -> bytes:
+        """Chat streams open with the assistant role, as OpenAI's do."""
+        body = {**self._base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]}  # fmt: skip
         if self._include_usage:
             body["usage"] = None
         return sse(body)
+
+    def _choice(self, text: str, finish: str | None) -> dict:
+        return {"index": 0, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+
+
+class TextChunks(ChunkWriter):
+    object = "text_completion"
+
+    def _choice(self, text: str, finish: str | None) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
 
 def embeddings(model: str, vectors: list[list[float]], encoding: str, prompt_tokens: int) -> bytes:

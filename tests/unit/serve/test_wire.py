@@ -17,7 +17,7 @@ def decode(chunk: bytes) -> dict:
 
 
 def test_chat_stream_chunks_with_usage():
-    w = wire.ChunkWriter(chat=True, rid="r", created=1, model="m", include_usage=True)
+    w = wire.ChatChunks(rid="r", created=1, model="m", include_usage=True)
     first = decode(w.first())
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert first["usage"] is None
@@ -30,7 +30,7 @@ def test_chat_stream_chunks_with_usage():
 
 
 def test_text_stream_has_no_role_chunk_and_no_usage_unless_asked():
-    w = wire.ChunkWriter(chat=False, rid="r", created=1, model="m", include_usage=False)
+    w = wire.TextChunks(rid="r", created=1, model="m", include_usage=False)
     assert w.first() is None
     assert w.usage(1, 1) is None
     assert "usage" not in decode(w.delta("x", None))
