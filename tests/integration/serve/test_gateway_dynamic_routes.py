@@ -145,7 +145,12 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         ensure_tiny_model(home)
         runtime = CPURuntimeConfig(model="builtin:foundry-tiny", num_cpus=0.2, max_num_seqs=4)
         serve.run(build_runtime(RUNTIME, runtime, home), name=runtime_app_name(RUNTIME), route_prefix=None)
-        yield Stack(info, home, upstream)
+        running = Stack(info, home, upstream)
+        try:
+            yield running
+        finally:
+            running.http.close()
+            running.client.close()
     finally:
         s.stop()
         upstream.stop()
