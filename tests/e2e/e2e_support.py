@@ -76,8 +76,8 @@ def start_stack(home: Path, port: int, config: Path | None = None, timeout_s: fl
     args = [foundry_bin(), "up", "--port", str(port)]
     if config:
         args += ["--config", str(config)]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     stack = RunningStack(proc, home, port, log_path)
     deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
