@@ -95,13 +95,15 @@ async def replay_orphans(
             except BlockingIOError:
                 continue  # its recorder is alive (or another one is replaying it)
             data = directory / f"{rec_id}.jsonl"
+            left = 0
             for token, rows in _unsent(data.read_bytes() if data.exists() else b"", rec_id):
                 await insert(rows, token)
-                sent += len(rows)
+                left += len(rows)
             data.unlink(missing_ok=True)
             lock_path.unlink(missing_ok=True)
-            if sent:
-                log.warning("sent %d metrics rows left by recorder %s", sent, rec_id)
+            if left:
+                log.warning("sent %d metrics rows left by recorder %s", left, rec_id)
+            sent += left
         finally:
             os.close(lock)
     return sent
