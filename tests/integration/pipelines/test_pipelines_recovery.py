@@ -47,11 +47,21 @@ class Worker:
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
+        self._close_pipes()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(60)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:  # the worker died with our last command unread
+                    pass
 
 
 def wait_run(url: str, run_id: str, done, what: str) -> dict:
