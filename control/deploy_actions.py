@@ -45,6 +45,7 @@ HTTP_TIMEOUT_S = 10.0
 
 _settings: dict[str, Any] = {}
 _sessions: Any = None
+_engine: Any = None
 
 
 def configure(
@@ -64,15 +65,24 @@ def configure(
 
 
 def _sessionmaker():
-    global _sessions
+    global _sessions, _engine
     if _sessions is None:
         if "database_url" not in _settings:
             raise ActionError("the deployment actions are not configured (run them in foundry up's executor)",
                               retryable=False)  # fmt: skip
         from control.db import create_engine, create_sessionmaker
 
-        _sessions = create_sessionmaker(create_engine(_settings["database_url"], serialize_writes=True))
+        _engine = create_engine(_settings["database_url"], serialize_writes=True)
+        _sessions = create_sessionmaker(_engine)
     return _sessions
+
+
+async def close() -> None:
+    """Close the control database's connections (the executor stops; a test ends)."""
+    global _sessions, _engine
+    engine, _engine, _sessions = _engine, None, None
+    if engine is not None:
+        await engine.dispose()
 
 
 class _DeploymentParams(BaseModel):

@@ -17,6 +17,7 @@ find the control database, say), here and in the Ray workers of ``run_on: ray`` 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from typing import Any
 
@@ -42,6 +43,7 @@ class PipelineExecutor:
     ) -> None:
         settings = plugins if isinstance(plugins, dict) else dict.fromkeys(plugins, {})
         configure_plugins(settings)
+        self._plugins = list(settings)
         self._engine = PipelineEngine(database_url, executor_id=executor_id, plugins=settings)
         self._start_lock: asyncio.Lock | None = None
         self._started = False
@@ -77,6 +79,10 @@ class PipelineExecutor:
         if self._started:
             self._started = False
             await self._engine.stop()
+        for name in self._plugins:  # a plugin's ``async close()``: its connections, say
+            close = getattr(importlib.import_module(name), "close", None)
+            if close is not None:
+                await close()
 
 
 class PipelinesClient:

@@ -75,6 +75,7 @@ async def control(tmp_path_factory, kube):
                                              headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:  # fmt: skip
                     yield client, private_pem
     finally:
+        await deploy_actions.close()
         if before is None:
             os.environ.pop(PRIVATE_KEY_ENV, None)
         else:
@@ -149,8 +150,12 @@ async def test_deploy_waits_for_ready_then_delete_removes_the_rayservice_and_its
     # the gateway's route: the RayService's Serve service, its key sealed for the stack's key pair
     from control.models import Deployment
 
-    async with create_sessionmaker(create_engine(deploy_actions._settings["database_url"]))() as session:
-        row = await session.scalar(select(Deployment).where(Deployment.id == dep["id"]))
+    engine = create_engine(deploy_actions._settings["database_url"])
+    try:
+        async with create_sessionmaker(engine)() as session:
+            row = await session.scalar(select(Deployment).where(Deployment.id == dep["id"]))
+    finally:
+        await engine.dispose()
     provider = row.endpoint["provider"]
     assert provider["type"] == "openai" and f"{name}-serve-svc.llm.svc" in provider["base_url"]
     import base64
@@ -189,9 +194,13 @@ async def test_model_add_registers_a_model_as_a_pipeline_step_once_however_often
     client, _ = control
     definition = {"name": "add-model", "steps": [
         {"id": "add", "action": "model_add", "params": {"source": "builtin:foundry-tiny", "tags": ["demo"]}}]}  # fmt: skip
-    pipeline = (await client.post("/pipelines", json=definition)).json()
+    created = await client.post("/pipelines", json=definition)
+    assert created.status_code == 201, created.text
+    pipeline = created.json()
     for _ in range(2):  # a second run (as a re-run step would) finds the same model
-        run = (await client.post(f"/pipelines/{pipeline['id']}/runs", json={})).json()
+        started = await client.post(f"/pipelines/{pipeline['id']}/runs", json={})
+        assert started.status_code == 201, started.text
+        run = started.json()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 120
         while run["status"] not in ("succeeded", "failed"):
