@@ -172,6 +172,7 @@ async def add_kubernetes(
         raise InvalidRequest("'local' names the stack's own Ray cluster; choose another name", param="name")
     if await session.scalar(select(Cluster).where(Cluster.name == name)) is not None:
         raise Conflict(f"a cluster named {name!r} already exists", param="name", code="cluster_exists")
+    await session.commit()  # no transaction (on SQLite: the write lock) while the cluster answers
     try:
         async with await KubeClient.connect(kubeconfig, context=context, namespace=namespace) as client:
             inventory = await client.inventory()
@@ -199,6 +200,7 @@ async def add_kubernetes(
 
 async def refresh(session: AsyncSession, cluster: Cluster) -> Cluster:
     """Inventory and health again; an unreachable cluster is marked unhealthy with the reason."""
+    await session.commit()  # no transaction (on SQLite: the write lock) while the cluster answers
     try:
         if cluster.kind == "local":
             cluster.inventory = await asyncio.wait_for(asyncio.to_thread(local_inventory), INVENTORY_TIMEOUT_S)

@@ -100,10 +100,14 @@ class _BenchParams(_DeploymentParams):
 
 
 async def _load(session, deployment_id: str) -> Deployment:
+    """The row with its model and cluster, read in a transaction that ends here: on SQLite every
+    transaction holds the write lock, and the slow parts (a search, a deploy, a benchmark) must
+    not keep the control API waiting."""
     dep = await session.get(Deployment, deployment_id)
     if dep is None:
         raise ActionError(f"deployment {deployment_id} does not exist", retryable=False)
     await session.refresh(dep, ["model", "cluster"])
+    await session.commit()  # expire_on_commit is off: the row stays readable
     return dep
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from control import deployments as service
 from control.errors import Conflict, ControlError, InvalidRequest
-from control.models import Deployment
+from control.models import Deployment, utcnow
 from control.permissions import Access, authorize
 from control.schemas import ErrorResponse
 from control.pipelines_api import PipelinesUnavailable, control_error
@@ -158,8 +158,6 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
         access: Annotated[Access, authorize("deployment:manage")],
     ) -> DeploymentView:  # fmt: skip
         """Scale: ``replicas``, or autoscaling bounds ``min_replicas``/``max_replicas``."""
-        from control.deploy_actions import spec_of, target_for
-
         dep = await _owned(session, access, deployment_id)
         if dep.status != "running":
             raise Conflict(f"deployment {dep.id} is {dep.status}; only a running one scales", code="deployment_busy")
@@ -188,20 +186,18 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
             choice.pop("replicas", None)
         config = dict(dep.config or {}) | {"runtime": runtime, "choice": choice}
         target = _target(request, dep)
-        from control.targets import TargetError
+        from control.targets import DeploySpec, TargetError
 
-        updated = dep
-        updated.config = config  # what the target applies; committed only once applied
+        spec = DeploySpec(deployment_id=dep.id, name=dep.name, runtime=runtime, extra=config.get("target", {}))
+        await session.commit()  # no transaction (on SQLite: the write lock) while the target works
         try:
-            await target.apply(spec_of(updated), update=True)
+            await target.apply(spec, update=True)
         except TargetError as exc:
-            await session.rollback()
             raise ControlError(f"scaling failed: {exc.message}", code="scale_failed") from None
-        await service.change(session, dep, config=config)
-        audit = audit_for(access)
-        await audit.append(session, "deployment.scale", f"deployment:{dep.id}", project_id=dep.project_id,
-                           changes=body.model_dump(exclude_none=True))  # fmt: skip
-        await session.commit()
+        dep.config, dep.version, dep.updated_at = config, dep.version + 1, utcnow()
+        await audit_for(access).append(session, "deployment.scale", f"deployment:{dep.id}", project_id=dep.project_id,
+                                       changes=body.model_dump(exclude_none=True))  # fmt: skip
+        await session.commit()  # the change and its audit record together
         return await _view(request, session, dep)
 
     def _target(request: Request, dep: Deployment):
@@ -251,6 +247,7 @@ def router(Session: Any, audit_for: Any) -> APIRouter:
         cluster = await get_cluster(session, body.cluster)
         engine = body.engine or default_engine(cluster)
         name = body.name or model.name
+        await session.commit()  # the search takes a second or two: hold no transaction meanwhile
         try:
             config, predicted = await asyncio.to_thread(plan, model, cluster, engine, body.model_dump(), name)
             kind, manifest = render(name, config, cluster)

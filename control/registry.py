@@ -380,7 +380,9 @@ async def add_model(
     existing = await session.scalar(select(RegisteredModel).where(RegisteredModel.name == name))
     if existing is not None:
         return _same_or_conflict(existing, parsed, exist_ok)
-
+    # End the read before the slow part (building the built-in model, reading weights' headers):
+    # on SQLite every transaction takes the write lock, and other requests would wait it out.
+    await session.rollback()
     path, architecture = await asyncio.to_thread(_inspect, parsed, name, home)
     model = RegisteredModel(
         name=name, source=parsed.source, kind=parsed.kind, path=str(path) if path else None, provider=parsed.provider,

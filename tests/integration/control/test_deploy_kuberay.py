@@ -206,7 +206,9 @@ async def test_model_add_registers_a_model_as_a_pipeline_step_once_however_often
         while run["status"] not in ("succeeded", "failed"):
             assert loop.time() < deadline, run
             await asyncio.sleep(0.1)
-            run = (await client.get(f"/pipelines/runs/{run['id']}")).json()
+            got = await client.get(f"/pipelines/runs/{run['id']}")
+            assert got.status_code == 200, got.text
+            run = got.json()
         assert run["status"] == "succeeded", run
         assert run["steps"]["add"]["outputs"]["name"] == "foundry-tiny"
     models = [m for m in (await client.get("/models")).json()["data"] if m["name"] == "foundry-tiny"]
