@@ -179,3 +179,34 @@ def _redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return scheme + sep + rest
+
+
+class ReplicaDatabase:
+    """The control database as a source held by Ray Serve replicas (keys, routes): built from a
+    URL alone and picklable, so it can be sent to them; the engine is created on first use, in
+    the process and event loop that uses it, and is not pickled."""
+
+    def __init__(self, database_url: str) -> None:
+        parse_url(database_url, is_async=True)  # a bad URL fails here, not in a replica
+        self._url = database_url
+        self._engine: AsyncEngine | None = None
+
+    def __getstate__(self) -> dict:
+        return {"database_url": self._url}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["database_url"])
+
+    def __repr__(self) -> str:
+        shown = parse_url(self._url, is_async=True).render_as_string(hide_password=True)
+        return f"{type(self).__name__}({shown!r})"
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    def _engine_(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(self._url, pool_size=1)
+        return self._engine

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from control.deployments import change
 from control.models import Cluster, Deployment, utcnow
 from control.targets import DeploySpec, LocalTarget, TargetError
 from pipelines import ActionContext, ActionError, register_action
@@ -109,14 +110,6 @@ async def _load(session, deployment_id: str) -> Deployment:
     await session.refresh(dep, ["model", "cluster"])
     await session.commit()  # expire_on_commit is off: the row stays readable
     return dep
-
-
-async def _change(session, dep: Deployment, **fields: Any) -> None:
-    for key, value in fields.items():
-        setattr(dep, key, value)
-    dep.version += 1
-    dep.updated_at = utcnow()
-    await session.commit()
 
 
 def target_for(cluster: Cluster):
@@ -195,7 +188,7 @@ async def deployment_simulate(ctx: ActionContext, params: dict) -> dict:
                 )
             except PlanError as exc:
                 raise ActionError(str(exc), retryable=False) from None
-            await _change(session, dep, config=config, predicted=predicted, status="deploying", error=None)
+            await change(session, dep, config=config, predicted=predicted, status="deploying", error=None)
         return {"config": dep.config, "predicted": dep.predicted}
 
 
@@ -209,7 +202,7 @@ async def deployment_deploy(ctx: ActionContext, params: dict) -> dict:
         except TargetError as exc:
             raise _failed(exc) from None
         if dep.endpoint != endpoint:
-            await _change(session, dep, endpoint=endpoint)
+            await change(session, dep, endpoint=endpoint)
         return {"endpoint": endpoint}
 
 
@@ -230,10 +223,10 @@ async def deployment_register(ctx: ActionContext, params: dict) -> dict:
     async with _sessionmaker()() as session:
         dep = await _load(session, params["deployment_id"])
         if not dep.registered:
-            await _change(session, dep, registered=True)
+            await change(session, dep, registered=True)
         listed = await _wait_listed(ctx, dep.name, present=True)
         if dep.status != "running":
-            await _change(session, dep, status="running", error=None)
+            await change(session, dep, status="running", error=None)
         return {"model": dep.name, "listed_s": listed}
 
 
@@ -264,7 +257,7 @@ async def deployment_benchmark(ctx: ActionContext, params: dict) -> dict:
         token = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()
         stored = await _store_rows(rows, token)
         measured = _summary(rows) | {"rows_stored": stored}
-        await _change(session, dep, measured=measured)
+        await change(session, dep, measured=measured)
         return {"measured": measured}
 
 
@@ -289,7 +282,7 @@ async def deployment_unregister(ctx: ActionContext, params: dict) -> dict:
     async with _sessionmaker()() as session:
         dep = await _load(session, params["deployment_id"])
         if dep.registered or dep.status != "deleting":
-            await _change(session, dep, registered=False, status="deleting")
+            await change(session, dep, registered=False, status="deleting")
         name = dep.name
     gone = await _wait_listed(ctx, name, present=False)
     # One replica no longer lists it; the others read their routes within routes_refresh_s.
@@ -319,7 +312,7 @@ async def deployment_remove(ctx: ActionContext, params: dict) -> dict:
             except TargetError as exc:
                 raise _failed(exc) from None
         if dep.status != "deleted":
-            await _change(session, dep, status="deleted", registered=False, deleted_at=utcnow())
+            await change(session, dep, status="deleted", registered=False, deleted_at=utcnow())
         return {"removed": removed}
 
 

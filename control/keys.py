@@ -21,10 +21,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from control.db import create_engine, create_sessionmaker, parse_url
+from control.db import ReplicaDatabase, create_engine, create_sessionmaker
 from control.audit import Audit
 from control.errors import AuthenticationFailed, BootstrapError, Conflict, InvalidRequest, NotFound
 from control.models import ApiKey, Project, ProjectMember, User, utcnow
@@ -190,30 +190,14 @@ def public_key(key: ApiKey) -> KeyPublic:
     )
 
 
-class DatabaseKeySource:
+class DatabaseKeySource(ReplicaDatabase):
     """:class:`serve.auth.KeySource` over the control database.
 
-    Built from a URL alone and picklable, so it can be sent to Ray Serve replicas: the engine is
-    created on first use, in the process and event loop that uses it, and is not pickled.
+    Picklable, with its engine made where it is used (:class:`control.db.ReplicaDatabase`).
 
     >>> source = DatabaseKeySource("sqlite:///var/foundry.db")
     >>> # await source.fingerprint(); await source.load_active(); await source.close()
     """
-
-    def __init__(self, database_url: str) -> None:
-        parse_url(database_url, is_async=True)  # a bad URL fails here, not in a replica
-        self._url = database_url
-        self._engine: AsyncEngine | None = None
-
-    def __getstate__(self) -> dict:
-        return {"database_url": self._url}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["database_url"])
-
-    def __repr__(self) -> str:
-        shown = parse_url(self._url, is_async=True).render_as_string(hide_password=True)
-        return f"DatabaseKeySource({shown!r})"
 
     async def fingerprint(self) -> str:
         """Changes when a key is created, revoked or updated, or a project updated (budgets):
@@ -250,15 +234,6 @@ class DatabaseKeySource:
         return {key.key_hash: _info(key, project, _member_limits(project, owner, member))
                 for key, project, owner, member in rows}  # fmt: skip
 
-    async def close(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.dispose()
-
-    def _engine_(self) -> AsyncEngine:
-        if self._engine is None:
-            self._engine = create_engine(self._url, pool_size=1)
-        return self._engine
 
 
 def _member_limits(project: Project, owner: User | None, member: ProjectMember | None) -> MemberLimits | None:

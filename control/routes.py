@@ -21,9 +21,8 @@ import logging
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from control.db import create_engine, parse_url
+from control.db import ReplicaDatabase
 from control.models import Deployment
 from serve.gateway.routesource import DynamicRoute
 
@@ -48,30 +47,14 @@ def deployment_route(dep_id: str, name: str, endpoint: Any, pricing: Any) -> Dyn
     return DynamicRoute(table=table, runtime_deployments=runtime_deployments, origin=f"deployment {dep_id}")
 
 
-class DatabaseRouteSource:
+class DatabaseRouteSource(ReplicaDatabase):
     """:class:`serve.gateway.routesource.RouteSource` over the deployments table.
 
-    Built from a URL alone and picklable, so it can be sent to Ray Serve replicas: the engine is
-    created on first use, in the process and event loop that uses it, and is not pickled.
+    Picklable, with its engine made where it is used (:class:`control.db.ReplicaDatabase`).
 
     >>> source = DatabaseRouteSource("sqlite:///var/foundry.db")
     >>> # await source.fingerprint(); await source.load(); await source.close()
     """
-
-    def __init__(self, database_url: str) -> None:
-        parse_url(database_url, is_async=True)  # a bad URL fails here, not in a replica
-        self._url = database_url
-        self._engine: AsyncEngine | None = None
-
-    def __getstate__(self) -> dict:
-        return {"database_url": self._url}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["database_url"])
-
-    def __repr__(self) -> str:
-        shown = parse_url(self._url, is_async=True).render_as_string(hide_password=True)
-        return f"DatabaseRouteSource({shown!r})"
 
     async def fingerprint(self) -> str:
         """Changes with every insert, delete or update of a deployment: row count, the last
@@ -96,12 +79,3 @@ class DatabaseRouteSource:
                 log.error("deployment %s (%r) is not routed: %s", dep_id, name, exc)
         return routes
 
-    async def close(self) -> None:
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.dispose()
-
-    def _engine_(self) -> AsyncEngine:
-        if self._engine is None:
-            self._engine = create_engine(self._url, pool_size=1)
-        return self._engine
