@@ -13,8 +13,9 @@ records what it did on the row::
       deploy    deployment_deploy       the Serve application / RayService (control.targets)
       health    deployment_health       serving, or the reason it is not
       register  deployment_register     the gateway routes the name; once /v1/models lists it -> running
-      benchmark deployment_benchmark    a short `foundry bench` through the gateway; measured figures
-                                        (on_failure: continue: a deployment that serves stays up)
+      benchmark deployment_benchmark    a short `foundry bench` through the gateway; measured figures,
+                                        and a residual (outside the predicted interval) named and
+                                        stored as a training row (on_failure: continue)
 
     deployment-delete (params: deployment_id)
       unregister deployment_unregister  the gateway stops routing the name           -> deleting
@@ -254,11 +255,36 @@ async def deployment_benchmark(ctx: ActionContext, params: dict) -> dict:
         except tune.TuneError as exc:
             raise ActionError(str(exc)) from None
         rows = tune.bench_rows(config, results)
+        misses = await asyncio.to_thread(compare_with_prediction, rows, (dep.config or {}).get("choice", {}))
         token = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()
         stored = await _store_rows(rows, token)
         measured = _summary(rows) | {"rows_stored": stored}
+        if misses:
+            measured["outside_interval"] = misses
+            log.warning("deployment %s measured outside its prediction: %s", dep.name, "; ".join(misses))
         await change(session, dep, measured=measured)
         return {"measured": measured}
+
+
+def compare_with_prediction(rows: list[dict], choice: dict) -> list[str]:
+    """Describe the measured rows as the deployment ran them (GPU type, TP/PP, precision from
+    the simulate step's ``choice``) and compare each with the active predictor, in place.
+
+    A row measured outside the predicted 10th-90th percentile interval is a residual: it is
+    stored with ``outside_interval`` set like every bench row, so it is the next training row of
+    ``foundry tune train --from-store``; the returned notes name it on the deployment. A CPU
+    deployment has no prediction to compare with (the optimizer prices GPUs), so nothing is
+    compared.
+    """
+    import tune.bench
+
+    if not choice.get("gpu"):
+        return []
+    for row in rows:
+        row.update(system=choice["gpu"], tp_size=choice.get("tp") or 1, pp_size=choice.get("pp") or 1,
+                   moe_tp_size=choice.get("tp") or 1, precision=choice.get("precision") or "")  # fmt: skip
+    notes = tune.bench.compare_with_prediction(rows)
+    return [note for note in notes if "outside" in note]
 
 
 def _summary(rows: list[dict]) -> dict:
