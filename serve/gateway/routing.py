@@ -15,8 +15,10 @@ candidates, depth first, each model at most once (cycle-safe). Then:
   request (retries included) and, once a stream has started, the longest gap between deltas.
 
 A streamed attempt that has produced its first delta is committed: later failures cannot be
-retried (bytes went to the client). A non-streamed request is collected whole before anything
-is sent, so a failure midway still falls through to the next candidate.
+retried (bytes went to the client). A non-streamed request asks each provider for the whole
+answer as one JSON body (a model with ``ttft_ms``: the stream, collected, so that the first
+token is timed); nothing is sent before it is complete, so any failure falls through to the
+next candidate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from serve.config import ModelConfig, PricingConfig
 from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import GatewayError, InvalidRequest, ModelNotFound, ProviderUnavailable, from_provider_error
-from serve.providers.base import Provider
+from serve.providers.base import Provider, collect
 from serve.providers.errors import (
     ProviderError,
     UnsupportedOperation,
@@ -133,21 +135,24 @@ class Router:
 
         return await self._run(route, attempt, outcome)
 
-    async def complete(self, route: ModelRoute, request: GenerateRequest, outcome: Outcome) -> tuple[Slot, list[TokenDelta]]:
-        """The whole generation from the first candidate that completes it."""
+    async def complete(self, route: ModelRoute, request: GenerateRequest, outcome: Outcome) -> tuple[Slot, TokenDelta]:
+        """The whole generation (one delta) from the first candidate that completes it: one
+        JSON answer from the provider (:meth:`Provider.complete`), unless the model has a
+        ``ttft_ms``, which only a stream can keep (then the stream, collected)."""
+        streamed = route.config.timeouts.ttft_ms is not None
 
-        async def attempt(slot: Slot, deadline: float) -> tuple[Slot, list[TokenDelta]]:
-            gen = slot.provider.generate(request)
-            deltas = [await self._first(slot, gen, route, deadline)]
+        async def attempt(slot: Slot, deadline: float) -> tuple[Slot, TokenDelta]:
+            if streamed:
+                gen = slot.provider.generate(request)
+                first = await self._first(slot, gen, route, deadline)
+                call = collect(slot.provider.name, _chain(first, gen))
+            else:
+                call = slot.provider.complete(request)
             try:
                 async with asyncio.timeout(max(0.0, deadline - self._clock())):
-                    async for delta in gen:
-                        deltas.append(delta)
+                    return slot, await call
             except TimeoutError:
                 raise UpstreamTimeout(slot.provider.name, "the request took longer than total_ms") from None
-            finally:
-                await gen.aclose()
-            return slot, deltas
 
         return await self._run(route, attempt, outcome)
 
@@ -249,6 +254,15 @@ class Router:
         keyed = [(self._rng.random() ** (1.0 / s.weight), s) for s in rank]
         keyed.sort(key=lambda t: t[0], reverse=True)
         return [s for _, s in keyed]
+
+
+async def _chain(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    try:
+        yield first
+        async for delta in rest:
+            yield delta
+    finally:
+        await rest.aclose()
 
 
 async def _gap_limited(gen: AsyncIterator[TokenDelta], gap_s: float, provider: str) -> AsyncIterator[TokenDelta]:

@@ -1,7 +1,7 @@
 """The gateway's request handling, independent of the web framework.
 
 Each call authenticates the key from the cache, validates the body, asks the router for a
-provider (with retries and fallbacks), streams or collects the result, and leaves exactly one
+provider (with retries and fallbacks), streams the result or sends it whole, and leaves exactly one
 :class:`RequestRecord` with the recorder and one observation in the Prometheus metrics,
 whatever happened.
 """
@@ -206,15 +206,13 @@ class GatewayService:
                 track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
                 streaming = True
                 return Reply(200, stream=self._stream(track, writer, opened), headers=track.headers)
-            _, deltas = await self._router.complete(route, request, track.outcome)
+            _, whole = await self._router.complete(route, request, track.outcome)
             track.routed()
             track.first_token()
-            last = deltas[-1]
-            track.tokens(last.prompt_tokens, last.completion_tokens)
-            text = "".join(d.text for d in deltas)
+            track.tokens(whole.prompt_tokens, whole.completion_tokens)
             out = kind.completion(
-                track.rec.request_id, int(time.time()), body.model, text, last.finish_reason,
-                last.prompt_tokens, last.completion_tokens,
+                track.rec.request_id, int(time.time()), body.model, whole.text, whole.finish_reason,
+                whole.prompt_tokens, whole.completion_tokens,
             )  # fmt: skip
             return self._reply(track, 200, out)
         except GatewayError as err:

@@ -13,7 +13,9 @@ Request (``POST {base_url}/v1/messages``, headers ``x-api-key`` and ``anthropic-
     stop                             ->  stop_sequences
     seed                             ->  (dropped: no equivalent)
 
-Stream (always requested)::
+Answer: :meth:`AnthropicMessagesProvider.generate` requests a stream, :meth:`complete` one
+``message`` body (``stream: false``; its text blocks joined, ``stop_reason`` and ``usage`` as
+below). The stream::
 
     message_start        input tokens (cache reads and writes included)
     content_block_delta  text_delta -> one TokenDelta each; other delta types are skipped
@@ -133,14 +135,32 @@ class AnthropicMessagesProvider:
             async for delta in _anthropic_deltas(self._http, events):
                 yield delta
 
+    async def complete(self, request: GenerateRequest) -> TokenDelta:
+        answer = await self._http.post(MESSAGES_PATH, self.request_body(request, stream=False))
+        if not isinstance(answer, dict):
+            raise self._http.protocol_error("an answer that is not a JSON object")
+        if answer.get("type") == "error":
+            error = answer.get("error") or {}
+            error_type = error.get("type") if isinstance(error, dict) else None
+            raise self._http.error_from_body(ERROR_STATUS.get(error_type or "", 500), error)
+        try:
+            text = "".join(block["text"] for block in answer["content"] if block.get("type") == "text")
+            usage = answer.get("usage") or {}
+        except (KeyError, TypeError, AttributeError):
+            raise self._http.protocol_error("a message without content[].text") from None
+        if not isinstance(usage, dict):
+            raise self._http.protocol_error("a message whose usage is not an object")
+        finish = FINISH_REASONS.get(answer.get("stop_reason") or "", "stop")
+        return TokenDelta(text, finish, _input_tokens(usage, 0), _int(usage.get("output_tokens"), int(bool(text))) or 0)
+
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         raise EmbeddingsUnsupported(self.name, "Anthropic has no embeddings API; route embeddings to another provider")
 
     async def close(self) -> None:
         await self._http.aclose()
 
-    def request_body(self, request: GenerateRequest) -> dict[str, Any]:
-        """The Messages API body for ``request`` (streamed)."""
+    def request_body(self, request: GenerateRequest, *, stream: bool = True) -> dict[str, Any]:
+        """The Messages API body for ``request``."""
         params = request.params
         if request.messages is not None:
             system, messages = to_anthropic_messages(request.messages)
@@ -150,7 +170,7 @@ class AnthropicMessagesProvider:
             "model": self.model,
             "max_tokens": params.max_tokens or self.default_max_tokens,
             "messages": messages,
-            "stream": True,
+            "stream": stream,
             "temperature": min(1.0, max(0.0, params.temperature)),
         }
         if system is not None:

@@ -14,6 +14,7 @@ from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from serve.providers.base import collect
 from serve.providers.errors import ProviderError, UpstreamConnectError, UpstreamStatus
 from serve.runtimes.deployment import TEXT_DEPLOYMENT
 from serve.runtimes.engine import EmbeddingResult, EngineError, GenerateRequest, TokenDelta
@@ -42,6 +43,10 @@ class LocalProvider:
             raise _translate(exc, self.name) from None
         finally:
             stream.cancel()
+
+    async def complete(self, request: GenerateRequest) -> TokenDelta:
+        """The runtime's stream, collected (runtimes have no other way to answer)."""
+        return await collect(self.name, self.generate(request))
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         try:

@@ -1,11 +1,13 @@
 """OpenAI-compatible upstreams: OpenAI itself, a vLLM or llama.cpp server, Together (a preset).
 
 Requests go out as ``POST {base_url}/chat/completions`` (chat), ``/completions`` (a prompt) and
-``/embeddings``, with ``Authorization: Bearer <key>`` when there is a key. Text is always
-requested as a stream (``stream_options.include_usage``), so that the time to the first token
-is the upstream's real one, and each content chunk becomes a :class:`TokenDelta`. The last
-delta carries the finish reason and the upstream's usage totals (or, from a server that sends
-no usage, the number of content chunks as completion tokens and 0 prompt tokens).
+``/embeddings``, with ``Authorization: Bearer <key>`` when there is a key. :meth:`generate`
+requests a stream (``stream_options.include_usage``), so that the time to the first token is
+the upstream's real one, and each content chunk becomes a :class:`TokenDelta`. The last delta
+carries the finish reason and the upstream's usage totals (or, from a server that sends no
+usage, the number of content chunks as completion tokens and 0 prompt tokens).
+:meth:`complete` asks for the whole answer as one JSON body (``stream: false``): one read and
+one parse instead of an event stream's, for clients that want no stream either.
 
 Example::
 
@@ -101,6 +103,11 @@ class OpenAICompatibleProvider:
             async for delta in openai_deltas(self._http, events, chat=chat):
                 yield delta
 
+    async def complete(self, request: GenerateRequest) -> TokenDelta:
+        chat = request.messages is not None
+        answer = await self._http.post(self._paths["chat" if chat else "completions"], self._text_body(request, stream=False))
+        return openai_completion(self._http, answer, chat=chat)
+
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
         if self.model is not None:
@@ -120,7 +127,7 @@ class OpenAICompatibleProvider:
     async def close(self) -> None:
         await self._http.aclose()
 
-    def _text_body(self, request: GenerateRequest) -> dict[str, Any]:
+    def _text_body(self, request: GenerateRequest, *, stream: bool = True) -> dict[str, Any]:
         params = request.params
         body: dict[str, Any] = {}
         if self.model is not None:
@@ -129,8 +136,9 @@ class OpenAICompatibleProvider:
             body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
         else:
             body["prompt"] = request.prompt or ""
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        body["stream"] = stream
+        if stream:
+            body["stream_options"] = {"include_usage": True}
         if params.max_tokens is not None:
             body["max_tokens"] = params.max_tokens
         body["temperature"] = params.temperature
@@ -185,6 +193,30 @@ async def openai_deltas(
     prompt_tokens, completion_tokens = _count(usage, "prompt_tokens", 0), _count(usage, "completion_tokens", chunks)
     await http.drain(events)
     yield TokenDelta("", finish or "stop", prompt_tokens, completion_tokens)
+
+
+def openai_completion(http: UpstreamClient, answer: Any, *, chat: bool) -> TokenDelta:
+    """A non-streamed ``chat.completion`` or ``text_completion`` answer as one delta: all the
+    text, the finish reason and the usage (completion tokens default to 1 per answer with text,
+    as a stream without usage counts chunks)."""
+    if not isinstance(answer, dict):
+        raise http.protocol_error("an answer that is not a JSON object")
+    if answer.get("error"):  # some servers answer 200 with an error body
+        error = answer["error"]
+        code = error.get("code") if isinstance(error, dict) else None
+        raise http.error_from_body(code if isinstance(code, int) and 400 <= code <= 599 else 502, error)
+    try:
+        choice = next(c for c in answer["choices"] if c.get("index", 0) == 0)
+        text = (choice["message"].get("content") if chat else choice.get("text")) or ""
+        finish = choice.get("finish_reason")
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        raise http.protocol_error("an answer without choices[].message") from None
+    if not isinstance(text, str):
+        raise http.protocol_error("an answer whose content is not text")
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens, completion_tokens = _count(usage, "prompt_tokens", 0), _count(usage, "completion_tokens", int(bool(text)))
+    return TokenDelta(text, str(finish) if finish else "stop", prompt_tokens, completion_tokens)
 
 
 def _count(usage: dict[str, Any], key: str, default: int) -> int:

@@ -2,8 +2,9 @@
 (tests/fakes/upstreams.py): openai and together (OpenAI's protocol), azure (Azure's addressing),
 anthropic (the Messages API and its events).
 
-Streams assemble to the upstream's own non-streamed answer, with its finish reason and usage;
-errors are classified for the router (retryable or not, Retry-After); a stream that breaks
+Streams assemble to the upstream's own non-streamed answer, with its finish reason and usage,
+and ``complete`` (one JSON answer, no stream) returns that same answer; errors, streamed or not,
+are classified for the router (retryable or not, Retry-After); a stream that breaks
 after its first delta fails after the deltas; closing or cancelling a stream closes the
 upstream request; the API key never shows in an error or a log line.
 """
@@ -88,6 +89,19 @@ async def collect(provider: Any, request: GenerateRequest) -> list[TokenDelta]:
     return [delta async for delta in provider.generate(request)]
 
 
+@pytest.fixture(params=["generate", "complete"])
+def call(request: pytest.FixtureRequest):
+    """Ask a provider for an answer by its stream or whole (both fail the same way)."""
+
+    async def ask(provider: Any, request: GenerateRequest) -> TokenDelta:
+        if request_kind == "complete":
+            return await provider.complete(request)
+        return (await collect(provider, request))[-1]
+
+    request_kind = request.param
+    return ask
+
+
 async def direct(kind: str, upstream: FakeUpstream, body: dict[str, Any]) -> tuple[str, str, int, int]:
     """The upstream's non-streamed answer to the request ``provider`` sent (taken from the
     upstream's log): (text, finish, prompt tokens, completion tokens) in OpenAI's terms."""
@@ -121,6 +135,31 @@ async def test_the_stream_assembles_to_the_non_streamed_answer(case):
     assert finish == "stop" and completion_tokens == upstream.tokens
     assert len([d for d in deltas if d.text]) == upstream.tokens  # one delta per upstream chunk
     assert upstream.streams_completed == 1
+
+
+async def test_the_whole_answer_is_the_non_streamed_answer(case):
+    kind, provider, upstream = case
+    whole = await provider.complete(chat())
+    sent = upstream.requests[-1].json
+    assert sent["stream"] is False and "stream_options" not in sent and upstream.streams_completed == 0
+    assert whole == TokenDelta(*await direct(kind, upstream, {}))
+    assert whole.finish_reason == "stop" and len(whole.text.split()) == whole.completion_tokens == upstream.tokens
+
+
+async def test_the_whole_answer_keeps_max_tokens_stop_and_prompt(case):
+    kind, provider, upstream = case
+    chunks = (await _reply(kind, upstream)).chunks
+    cut = await provider.complete(chat(max_tokens=3))
+    assert (cut.text, cut.finish_reason, cut.completion_tokens) == ("".join(chunks[:3]), "length", 3)
+    full = "".join(chunks)
+    stop = " " + full.split(" ")[3]
+    stopped = await provider.complete(chat(stop=(stop,)))
+    assert (stopped.text, stopped.finish_reason) == (full[: full.index(stop)], "stop")
+    text = await provider.complete(GenerateRequest("r", SamplingParams(max_tokens=64), prompt="Once upon a time"))
+    expected = upstream.reply(("user: " if kind == "anthropic" else "") + "Once upon a time").text
+    assert (text.text, text.finish_reason) == (expected, "stop")
+    if kind != "anthropic":
+        assert not upstream.requests[-1].path.endswith("chat/completions")
 
 
 async def test_max_tokens_ends_the_answer_with_length(case):
@@ -257,35 +296,35 @@ async def test_embeddings(case):
 # --- errors ---------------------------------------------------------------------------------------
 
 
-async def test_429_with_retry_after_is_retryable_and_says_when(case):
+async def test_429_with_retry_after_is_retryable_and_says_when(case, call):
     kind, provider, upstream = case
     upstream.fail_next(1, 429, retry_after_s=2, message="slow down")
     with pytest.raises(UpstreamStatus) as caught:
-        await collect(provider, chat())
+        await call(provider, chat())
     error = caught.value
     assert (error.status, error.retryable, error.retry_after_s, error.upstream_message) == (429, True, 2.0, "slow down")
     assert error.error_type == ("rate_limit_error" if kind == "anthropic" else "requests")
     assert error.provider == f"{kind}:p"
-    assert (await collect(provider, chat()))[-1].finish_reason == "stop"  # the next request is served
+    assert (await call(provider, chat())).finish_reason == "stop"  # the next request is served
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(400, False), (404, False), (500, True), (503, True), (529, True)])
-async def test_error_statuses_are_classified(case, status, retryable):
+async def test_error_statuses_are_classified(case, call, status, retryable):
     _, provider, upstream = case
     upstream.fail_next(1, status)
     with pytest.raises(UpstreamStatus) as caught:
-        await collect(provider, chat())
+        await call(provider, chat())
     assert (caught.value.status, caught.value.retryable, caught.value.retry_after_s) == (status, retryable, None)
 
 
-async def test_a_refused_connection_is_a_connect_error(case):
+async def test_a_refused_connection_is_a_connect_error(case, call):
     kind, _, _ = case
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     provider = build(kind, f"http://127.0.0.1:{port}" + ("/v1" if kind in ("openai", "together") else ""))
     with pytest.raises(UpstreamConnectError) as caught:
-        await collect(provider, chat())
+        await call(provider, chat())
     await provider.close()
     assert caught.value.retryable is True and f"127.0.0.1:{port}" in caught.value.message
 

@@ -455,3 +455,61 @@ async def test_embeddings_come_back_in_input_order_with_usage():
 async def test_unreadable_embeddings_are_protocol_errors(response):
     with pytest.raises(UpstreamProtocolError):
         await openai(Upstream(lambda _: response)).embed(["a", "b"])
+
+
+# --- whole answers (no stream) ------------------------------------------------------------------------
+
+
+async def test_openai_whole_answer_is_one_delta_with_finish_and_usage():
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+              "finish_reason": "length"}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}  # fmt: skip
+    upstream = Upstream(lambda _: httpx.Response(200, json=answer))
+    whole = await openai(upstream, model="gpt-x").complete(chat(max_tokens=2))
+    assert whole == TokenDelta("Hello", "length", 9, 2)
+    body = upstream.body()
+    assert body["stream"] is False and "stream_options" not in body and body["max_tokens"] == 2
+
+
+async def test_openai_whole_text_completion_without_usage_counts_one_token():
+    answer = {"object": "text_completion", "choices": [{"index": 0, "text": "once", "finish_reason": None}]}
+    upstream = Upstream(lambda _: httpx.Response(200, json=answer))
+    whole = await openai(upstream).complete(GenerateRequest("r", SamplingParams(), prompt="Tell"))
+    assert whole == TokenDelta("once", "stop", 0, 1)
+    assert upstream.requests[-1].url.path == "/v1/completions"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, text="<html>gateway</html>"),
+        httpx.Response(200, json=[1, 2]),
+        httpx.Response(200, json={"object": "chat.completion", "choices": []}),
+        httpx.Response(200, json={"choices": [{"index": 0, "message": {"content": ["not", "text"]}}]}),
+    ],
+)
+async def test_unreadable_whole_answers_are_protocol_errors(response):
+    with pytest.raises(UpstreamProtocolError):
+        await openai(Upstream(lambda _: response)).complete(chat())
+
+
+async def test_an_error_body_with_status_200_is_an_upstream_status():
+    upstream = Upstream(lambda _: httpx.Response(200, json={"error": {"message": "overloaded", "code": 503}}))
+    with pytest.raises(UpstreamStatus) as caught:
+        await openai(upstream).complete(chat())
+    assert (caught.value.status, caught.value.retryable) == (503, True)
+
+
+async def test_anthropic_whole_message_joins_text_blocks_and_maps_stop_reason_and_usage():
+    answer = {"type": "message", "role": "assistant", "stop_reason": "max_tokens",
+              "content": [{"type": "text", "text": "Hel"}, {"type": "tool_use", "id": "t"}, {"type": "text", "text": "lo"}],
+              "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 2}}  # fmt: skip
+    upstream = Upstream(lambda _: httpx.Response(200, json=answer))
+    whole = await anthropic(upstream).complete(chat(max_tokens=2))
+    assert whole == TokenDelta("Hello", "length", 7, 2)
+    assert upstream.body()["stream"] is False
+
+
+@pytest.mark.parametrize("answer", [[1], {"type": "message", "content": "text"}, {"type": "message", "usage": 3, "content": []}])
+async def test_anthropic_unreadable_whole_messages_are_protocol_errors(answer):
+    with pytest.raises(UpstreamProtocolError):
+        await anthropic(Upstream(lambda _: httpx.Response(200, json=answer))).complete(chat())

@@ -12,6 +12,7 @@ from serve.config import ModelConfig
 from serve.gateway.breaker import CircuitBreaker
 from serve.gateway.errors import GatewayError, InvalidRequest, ProviderUnavailable
 from serve.gateway.routing import ModelRoute, Outcome, Router, Slot
+from serve.providers.base import collect
 from serve.providers.errors import UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 from serve.runtimes.engine import EmbeddingResult, GenerateRequest, SamplingParams, TokenDelta
 
@@ -26,12 +27,21 @@ class ScriptedProvider:
         self.script = list(script or [])
         self.default = default
         self.calls = 0
+        self.methods: list[str] = []  # "generate" or "complete", per call
 
     def _next(self):
         self.calls += 1
         return self.script.pop(0) if self.script else self.default
 
-    async def generate(self, request):
+    def generate(self, request):
+        self.methods.append("generate")
+        return self._deltas()
+
+    async def complete(self, request):
+        self.methods.append("complete")
+        return await collect(self.name, self._deltas())
+
+    async def _deltas(self):
         step = self._next()
         if isinstance(step, Exception):
             raise step
@@ -113,8 +123,8 @@ async def test_retryable_failure_falls_through_to_the_backup():
     backup = ScriptedProvider("backup")
     r = router(route("m", {"primary": primary, "backup": backup}))
     outcome = Outcome()
-    slot, deltas = await r.complete(r.route("m"), REQ, outcome)
-    assert slot.provider is backup and "".join(d.text for d in deltas) == "backup!"
+    slot, whole = await r.complete(r.route("m"), REQ, outcome)
+    assert slot.provider is backup and (whole.text, whole.finish_reason, whole.completion_tokens) == ("backup!", "stop", 2)
     assert outcome.attempts == 2 and outcome.provider == "backup" and not outcome.fallback_used
 
 
@@ -214,6 +224,32 @@ async def test_stall_after_the_first_delta_fails_the_stream():
     with pytest.raises(UpstreamTimeout):
         async for _ in opened.rest:
             pass
+
+
+async def test_non_streamed_request_asks_for_the_whole_answer_unless_ttft_is_bounded():
+    plain, timed = ScriptedProvider("plain"), ScriptedProvider("timed")
+    r = router(route("m", {"p": plain}), route("t", {"p": timed}, timeouts={"ttft_ms": 1000}))
+    _, whole = await r.complete(r.route("m"), REQ, Outcome())
+    _, streamed = await r.complete(r.route("t"), REQ, Outcome())
+    assert plain.methods == ["complete"] and timed.methods == ["generate"]  # only a stream shows the first token
+    assert (whole, streamed) == (TokenDelta("plain!", "stop", 1, 2), TokenDelta("timed!", "stop", 1, 2))
+
+
+async def test_non_streamed_ttft_timeout_moves_to_the_next_provider():
+    slow = ScriptedProvider("slow", [("slow", 5.0)])
+    fast = ScriptedProvider("fast")
+    r = router(route("m", {"slow": slow, "fast": fast}, timeouts={"ttft_ms": 50}))
+    slot, whole = await r.complete(r.route("m"), REQ, Outcome())
+    assert slot.provider is fast and whole.text == "fast!"
+
+
+async def test_non_streamed_request_past_total_ms_moves_to_the_next_provider():
+    slow = ScriptedProvider("slow", [("slow", 5.0)])
+    fast = ScriptedProvider("fast")
+    r = router(route("m", {"slow": slow, "fast": fast}, timeouts={"total_ms": 200}))
+    with pytest.raises(GatewayError) as exc:  # the whole budget went to the first attempt
+        await r.complete(r.route("m"), REQ, Outcome())
+    assert exc.value.status == 504 and fast.calls == 0
 
 
 async def test_non_streamed_request_survives_a_mid_generation_drop():
