@@ -30,7 +30,7 @@ run: setup
 	$(BIN)/foundry up
 
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=30
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow" tests/unit
