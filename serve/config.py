@@ -301,8 +301,10 @@ class MetricsConfig(_Strict):
     backend: Literal["embedded", "clickhouse"] = "embedded"
     path: str | None = Field(default=None, description="chdb data directory; defaults to $FOUNDRY_HOME/metrics")
     url: str | None = Field(default=None, description="ClickHouse HTTP URL, e.g. http://user:pass@host:8123/db")
-    flush_interval_ms: PositiveInt = 500
-    flush_max_rows: PositiveInt = 512
+    # Each insert has a fixed cost (the raw table and six rollup views take a part each): at 200
+    # rows/s the embedded store spent 0.55 ms of CPU per row flushing every 0.5 s, 0.31 every 2 s.
+    flush_interval_ms: PositiveInt = Field(default=2000, description="how often buffered rows are written")
+    flush_max_rows: PositiveInt = Field(default=2048, description="... or as soon as this many are waiting")
 
 
 def runtime_from_deployment_spec(spec: dict[str, Any]) -> VLLMRuntimeConfig:
