@@ -54,6 +54,9 @@ class Telemetry:
             "foundry_gateway_provider_attempts", "Attempts sent to providers", ["provider"], registry=r
         )
         self._ray = _RayMetrics() if cluster else None
+        # (model, provider, project, status) -> its labelled children: labels() cost about as
+        # much as the observations themselves; the combinations are as few as the series.
+        self._series: dict[tuple[str, str, str, int], _Series] = {}
 
     def observe(
         self,
@@ -71,23 +74,46 @@ class Telemetry:
     ) -> None:
         project = project or "none"
         overhead_s = max(0.0, overhead_s)
-        self.requests.labels(model, provider, project, str(status)).inc()
-        self.latency.labels(model).observe(latency_s)
+        key = (model, provider, project, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(self, model, provider, project, str(status))
+        series.requests.inc()
+        series.latency.observe(latency_s)
         if ttft_s is not None:
-            self.ttft.labels(model).observe(ttft_s)
-        self.overhead.labels(model).observe(overhead_s)
+            series.child("ttft", self.ttft, model).observe(ttft_s)
+        series.overhead.observe(overhead_s)
         if prompt_tokens:
-            self.tokens.labels(model, "prompt", project).inc(prompt_tokens)
+            series.child("prompt", self.tokens, model, "prompt", project).inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(model, "completion", project).inc(completion_tokens)
+            series.child("completion", self.tokens, model, "completion", project).inc(completion_tokens)
         if cost_usd:
-            self.cost.labels(model, project).inc(cost_usd)
+            series.child("cost", self.cost, model, project).inc(cost_usd)
         if self._ray is not None:
             self._ray.observe(model, provider, project, str(status), latency_s, ttft_s, overhead_s,
                               prompt_tokens, completion_tokens, cost_usd)  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Series:
+    """The labelled children one combination of labels observes into; the optional ones made
+    on first use, so that a series appears in the output when it is first observed, as before."""
+
+    __slots__ = ("requests", "latency", "overhead", "_more")
+
+    def __init__(self, t: Telemetry, model: str, provider: str, project: str, status: str) -> None:
+        self.requests = t.requests.labels(model, provider, project, status)
+        self.latency = t.latency.labels(model)
+        self.overhead = t.overhead.labels(model)
+        self._more: dict[str, object] = {}
+
+    def child(self, name: str, metric, *labels: str):
+        found = self._more.get(name)
+        if found is None:
+            found = self._more[name] = metric.labels(*labels)
+        return found
 
 
 class _RayMetrics:

@@ -98,11 +98,27 @@ class UpstreamClient:
                 https=url.scheme == "https",
             ),
         )
+        self._urls: dict[str, httpx.URL] = {}  # path -> absolute URL, query included
+        self._headers = httpx.Headers(self._client.headers)
+        self._headers.update(_JSON_HEADERS)
+        self._extensions = {"timeout": self._client.timeout.as_dict()}
+
+    def _request(self, path: str, body: dict[str, Any]) -> httpx.Request:
+        """A JSON POST to ``path``, as ``build_request`` makes it, with the URL and headers
+        merged once per path instead of per request (a few % of the replica's CPU)."""
+        if self._client.cookies:  # an upstream set cookies: let httpx send them back
+            return self._client.build_request("POST", path, content=orjson.dumps(body), headers=_JSON_HEADERS)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self._client.build_request("POST", path).url
+        return httpx.Request(
+            "POST", url, headers=self._headers, content=orjson.dumps(body), extensions=dict(self._extensions)
+        )
 
     async def events(self, path: str, body: dict[str, Any]) -> AsyncIterator[ServerSentEvent]:
         """POST ``body`` and stream the server-sent events of the answer. Closing the iterator
         (or cancelling the task reading it) closes the response."""
-        request = self._client.build_request("POST", path, content=orjson.dumps(body), headers=_JSON_HEADERS)
+        request = self._request(path, body)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -124,7 +140,7 @@ class UpstreamClient:
     async def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` and return the parsed JSON answer."""
         try:
-            response = await self._client.post(path, content=orjson.dumps(body), headers=_JSON_HEADERS)
+            response = await self._client.send(self._request(path, body))
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, started=False) from None
         if response.status_code >= 400:
