@@ -1,8 +1,9 @@
 """The learned TTFT/TPOT predictor, its uncertainty and its versioned JSON artifacts.
 
-Prediction = calibrated roofline (:mod:`tune.predict.calibration`) x exp(learned residual +
-case shift), where the residual comes from one XGBoost booster per target trained on
-log(measured / calibrated) over the physics features of :mod:`tune.predict.features`.
+Prediction = calibrated roofline with its engine offset (:mod:`tune.predict.calibration`) x
+exp(learned residual + case shift), where the residual comes from one XGBoost booster per
+target trained on log(measured / calibrated) over the physics features of
+:mod:`tune.predict.features`.
 
 Every row falls in one *case*, by what the training data held:
 
@@ -12,10 +13,10 @@ Every row falls in one *case*, by what the training data held:
     unseen_model_gpu  neither
 
 For an unseen architecture or GPU the learned residual is weighted down
-(``unseen_residual_weight``: trees cannot extrapolate). The uncertainty of each case is measured
-by cross-validation when the predictor is trained (random folds for ``seen``, leave one model
-out for ``unseen_model``, leave one GPU out for ``unseen_gpu``; the sum of both for
-``unseen_model_gpu``) and stored as quantiles of log(measured / predicted): the point prediction
+(``unseen_residual_weight``, per target: trees cannot extrapolate); the engine offset is not.
+The uncertainty of each case is measured by cross-validation when the predictor is trained
+(random folds for ``seen``, leave one model out for ``unseen_model``, leave one GPU out for
+``unseen_gpu``; the sum of both for ``unseen_model_gpu``) and stored as quantiles of log(measured / predicted): the point prediction
 is shifted so that its mean relative error over the held-out rows is 0 (seen) or +5% (unseen
 cases: pessimistic, the safe side for an SLO), and the bound at risk ``r`` is the ``1 - r``
 quantile (``pred_ttft_ms_p90`` and ``pred_tpot_ms_p90`` at
@@ -71,10 +72,13 @@ __all__ = [
     "ArtifactStore",
     "Predictor",
     "derived_metrics",
+    "engine_keys",
 ]
 
 ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "artifacts"
-ARTIFACT_VERSION = 2  # bump when features, calibration terms or interval fields change meaning
+ARTIFACT_VERSION = 3  # bump when features, calibration terms or interval fields change meaning
+# version 2 is version 3 without engine offsets (read as no offset)
+READABLE_ARTIFACT_VERSIONS = (2, ARTIFACT_VERSION)
 METADATA_FILE = "metadata.json"
 CASES = ("seen", "unseen_model", "unseen_gpu", "unseen_model_gpu")
 LEVELS = tuple(round(q / 100, 2) for q in range(1, 100))  # stored quantile levels
@@ -94,6 +98,11 @@ def derived_metrics(
     )
     tps = output_tps_per_gpu(frame["batch_size"].to_numpy(dtype=float), osl, e2e, gpus)
     return e2e, tps
+
+
+def engine_keys(frame: pd.DataFrame) -> np.ndarray:
+    """Each normalised row's serving engine, the key of the calibration's engine offsets."""
+    return frame["backend"].astype(str).str.lower().to_numpy().astype(str)
 
 
 def check_risk(risk: float) -> float:
@@ -131,10 +140,10 @@ class Predictor:
             metadata = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{meta_path} is not valid JSON: {exc}") from exc
-        if metadata.get("artifact_version") != ARTIFACT_VERSION:
+        if metadata.get("artifact_version") not in READABLE_ARTIFACT_VERSIONS:
             raise ArtifactError(
                 f"{meta_path} has artifact version {metadata.get('artifact_version')}, this "
-                f"code reads version {ARTIFACT_VERSION}; retrain with `foundry tune train`"
+                f"code reads versions {READABLE_ARTIFACT_VERSIONS}; retrain with `foundry tune train`"
             )
         if metadata.get("feature_names") != FEATURE_NAMES:
             raise ArtifactError(f"{meta_path} was trained on other features; retrain")
@@ -210,22 +219,25 @@ class Predictor:
             out[cases == case] = float(by_target[target])
         return out
 
-    def residual_weights(self, cases: np.ndarray) -> np.ndarray:
-        """1 where the case is seen, ``unseen_residual_weight`` elsewhere."""
-        weight = float(self.metadata.get("unseen_residual_weight", 1.0))
-        return np.where(cases == CASES[0], 1.0, weight)
+    def residual_weights(self, cases: np.ndarray, target: str) -> np.ndarray:
+        """1 where the case is seen, ``unseen_residual_weight`` (per target, or one number for
+        both) elsewhere."""
+        weight = self.metadata.get("unseen_residual_weight", 1.0)
+        if isinstance(weight, dict):
+            weight = weight.get(target, 1.0)
+        return np.where(cases == CASES[0], 1.0, float(weight))
 
     # ----- prediction -------------------------------------------------------------------
     def raw_log_predict(self, features: Features) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(log of the unshifted prediction per target, case per row)."""
         cases = self.cases(features.frame)
-        weights = self.residual_weights(cases)
         out = {}
         for target in TARGETS:
-            base = self.calibration.estimate(target, features.physics, features.roofline)
+            base = self.calibration.estimate(target, features.physics, features.roofline,
+                                             engine_keys(features.frame))
             x = np.column_stack([features.matrix, np.log(base)]).astype(np.float32)
             residual = np.asarray(self.boosters[target].inplace_predict(x), dtype=float)
-            out[target] = np.log(base) + weights * residual
+            out[target] = np.log(base) + self.residual_weights(cases, target) * residual
         return out, cases
 
     def predict_features(

@@ -99,3 +99,50 @@ def test_load_measured_reads_every_measured_csv_and_skips_others(tmp_path: Path)
         load_measured(tmp_path / "argonne.csv")
     with pytest.raises(DataError, match="no such"):
         load_measured(tmp_path / "missing")
+
+
+def test_engine_offsets_carry_an_engine_over_to_unseen_models():
+    """An engine measured 2x slower than the physics on some models is predicted 2x slower on
+    a model it was never measured on (the offset lives in the calibration, not in the damped
+    learned residual)."""
+    data = synthetic(360, seed=4)
+    slow = (data["backend"] == "sglang").to_numpy()
+    data.loc[slow, "silicon_ttft_ms"] *= 2.0
+    held_out = data["model_path"] == "openai/gpt-oss-120b"
+    predictor = train(data[~held_out], params=SMALL)
+    offsets = predictor.calibration.engine_offsets["ttft"]
+    # shrunk towards no offset by ENGINE_SHRINK_ROWS: ~120 rows per engine keep ~70% of it
+    assert 0.5 * np.log(2.0) < offsets["sglang"] - offsets["vllm"] <= np.log(2.0)
+    pred = predictor.predict(data[held_out])
+    assert set(pred["pred_case"]) == {"unseen_model"}
+    sglang = (pred["backend"] == "sglang").to_numpy()
+    ratio = np.median(pred["pred_ttft_ms"][sglang]) / np.median(pred["pred_ttft_ms"][~sglang])
+    measured = data.loc[held_out, "silicon_ttft_ms"].to_numpy()
+    truth = np.median(measured[sglang]) / np.median(measured[~sglang])
+    assert ratio == pytest.approx(truth, rel=0.25)
+
+
+def test_an_engine_without_training_rows_gets_no_offset():
+    from tune.predict.features import build_features
+    from tune.predict.predictor import engine_keys
+
+    calibration = train(synthetic(120), params=SMALL).calibration  # vllm and sglang rows only
+    assert set(calibration.engine_offsets["ttft"]) == {"sglang", "vllm"}
+    feats = build_features(synthetic(20, seed=5).assign(backend="trtllm"))
+    for target in ("ttft", "tpot"):
+        np.testing.assert_allclose(
+            calibration.estimate(target, feats.physics, feats.roofline, engine_keys(feats.frame)),
+            calibration.estimate(target, feats.physics, feats.roofline))
+
+
+def test_version_2_artifacts_without_engine_offsets_still_load(tmp_path: Path):
+    predictor = train(synthetic(120), params=SMALL)
+    predictor.save(tmp_path)
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    meta["calibration"].pop("engine_offsets")
+    meta["artifact_version"] = 2
+    meta["unseen_residual_weight"] = 0.5  # version 2 stored one weight for both targets
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    loaded = Predictor.load(tmp_path)
+    assert loaded.calibration.engine_offsets == {}
+    assert (loaded.predict(synthetic(10, seed=6))["pred_ttft_ms"] > 0).all()
