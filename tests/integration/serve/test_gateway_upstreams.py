@@ -6,6 +6,7 @@ app over real HTTP (gateway_harness.py); clients are the official openai SDK and
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import time
@@ -283,3 +284,22 @@ api_key_encrypted = "{encrypt(public_pem, secret)}"
     assert secret not in caplog.text
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert secret not in metrics and "foundry_gateway_requests_total" in metrics
+
+
+def test_a_client_leaving_mid_stream_is_recorded_499_and_the_upstream_request_closed(upstreams, gateway, monkeypatch):
+    monkeypatch.setenv("K", "k")
+    up = upstreams(OpenAIUpstream, chunk_interval_s=0.2, tokens=50)  # 10 s of stream unless cancelled
+    gw = gateway(providers(p=up))
+    body = {"model": "m", "messages": MSG, "stream": True}
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
+        with http.stream("POST", "/chat/completions", json=body) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream; charset=utf-8"
+            assert r.headers["cache-control"] == "no-cache" and r.headers["x-request-id"].startswith("chatcmpl-")
+            next(r.iter_raw())  # the stream has started; then the client goes
+    (row,) = gw.wait_rows(1)
+    assert (row["status"], row["error_type"], row["streamed"]) == (499, "client_disconnected", 1)
+    assert up.streams_completed == 0
+    asyncio.run(up.wait_until(lambda: up.disconnects == 1, 10))  # the gateway closed its upstream request too
+    r = httpx.post(f"{gw.url}/chat/completions", json={**body, "stream": False}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content) and float(r.headers["x-foundry-overhead-ms"]) >= 0
