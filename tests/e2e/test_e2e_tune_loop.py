@@ -52,7 +52,7 @@ def test_bench_rows_retrain_a_new_version_that_predicts_them(stack, tmp_path):
         assert error(after, column) < min(1.0, error(before, column)), column
 
     api = httpx.post(
-        f"{stack.api_url}/predict", json={"rows": [{k: rows[0][k] for k in ("model_path", "system", "isl", "osl", "batch_size", "tp_size")}]},
+        f"{stack.api_url}/predict", json={"rows": [{k: rows[0][k] for k in ("model_path", "system", "isl", "osl", "batch_size", "tp_size", "backend")}]},
         headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60,
     )  # fmt: skip
     assert api.status_code == 200, api.text
