@@ -146,3 +146,22 @@ def test_version_2_artifacts_without_engine_offsets_still_load(tmp_path: Path):
     loaded = Predictor.load(tmp_path)
     assert loaded.calibration.engine_offsets == {}
     assert (loaded.predict(synthetic(10, seed=6))["pred_ttft_ms"] > 0).all()
+
+
+def test_unseen_rows_damp_the_learned_residual_per_target():
+    from tune.predict.features import build_features
+    from tune.predict.predictor import engine_keys
+
+    data = synthetic(240, seed=7)
+    held_out = data["model_path"] == "openai/gpt-oss-120b"
+    predictor = train(data[~held_out], params=SMALL)
+    predictor.metadata["unseen_residual_weight"] = {"ttft": 0.0, "tpot": 1.0}
+    feats = build_features(data[held_out])
+    log_pred, cases = predictor.raw_log_predict(feats)
+    assert set(cases) == {"unseen_model"}
+    calibrated = predictor.calibration.estimate("ttft", feats.physics, feats.roofline,
+                                                engine_keys(feats.frame))
+    np.testing.assert_allclose(log_pred["ttft"], np.log(calibrated), rtol=1e-6)
+    tpot = predictor.calibration.estimate("tpot", feats.physics, feats.roofline,
+                                          engine_keys(feats.frame))
+    assert np.abs(log_pred["tpot"] - np.log(tpot)).max() > 1e-3  # the full residual
