@@ -226,6 +226,17 @@ async def test_stall_after_the_first_delta_fails_the_stream():
             pass
 
 
+async def test_a_slow_reader_is_not_a_stalled_stream():
+    p = ScriptedProvider("p")
+    r = router(route("m", {"p": p}, timeouts={"total_ms": 100}))
+    opened = await r.open_stream(r.route("m"), REQ, Outcome())
+    texts = []
+    async for delta in opened.rest:  # the gap limit times the upstream, not the client
+        await asyncio.sleep(0.3)
+        texts.append(delta.text)
+    assert texts == ["!"]
+
+
 async def test_non_streamed_request_asks_for_the_whole_answer_unless_ttft_is_bounded():
     plain, timed = ScriptedProvider("plain"), ScriptedProvider("timed")
     r = router(route("m", {"p": plain}), route("t", {"p": timed}, timeouts={"ttft_ms": 1000}))
