@@ -216,11 +216,14 @@ def test_a_gateway_replica_killed_mid_load_loses_no_answered_request(stack):
     # what the gateway did not answer ended at once: an ingress error or a closed connection
     assert all(status in (502, 503, 504) for kind, status in outcomes if kind == "ingress"), Counter(outcomes)
     assert all(status == 200 for status in answered), Counter(outcomes)
-    # one metrics row per answered request: none lost with the killed replica, none doubled
-    # (the killed replica's unsent rows wait in its spool; its replacement sends them)
+    # one metrics row per answered request: none lost with the killed replica (its unsent rows
+    # wait in its spool; its replacement sends them), none doubled. A request the replica had
+    # finished and recorded when it was killed, before its last bytes went out, is a row too,
+    # and its client saw the connection close: at most one such row per cut request.
+    cut = len(outcomes) - len(answered) - kinds["hung"]
     rows = wait_for("metrics rows", lambda: (n if (n := usage_requests(stack, "replica-kill")) >= len(answered) else None),
                     ROWS_TIMEOUT_S, lambda: f"{usage_requests(stack, 'replica-kill')} rows, {Counter(outcomes)}")  # fmt: skip
-    assert rows == len(answered), Counter(outcomes)
+    assert len(answered) <= rows <= len(answered) + cut, (rows, Counter(outcomes))
 
 
 # --- the control database --------------------------------------------------------------------
