@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -92,68 +93,63 @@ async def load_aiohttp(url: str, headers: dict, stream: bool, concurrency: int) 
     """aiohttp's CPU per request stays ~0.3 ms at any concurrency on the 2-core box, where
     httpx's grew from 3 ms at 16 connections to 15-20 ms at 128 (its pool's bookkeeping): as the
     load generator it was the bottleneck of "direct" and starved the servers under test of CPU."""
-    latencies: list[float] = []
-    errors = 0
     body = orjson.dumps({**BODY, "stream": stream})
     headers = {**headers, "content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        stop_at = time.perf_counter() + WARMUP_S + DURATION_S
-        measure_from = time.perf_counter() + WARMUP_S
 
-        async def worker() -> None:
-            nonlocal errors
-            while (t0 := time.perf_counter()) < stop_at:
-                try:
-                    async with session.post(url, data=body, headers=headers) as r:
-                        async for _ in r.content.iter_any():
-                            pass
-                        ok = r.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
-                t1 = time.perf_counter()
-                if t0 >= measure_from:
-                    if ok:
-                        latencies.append((t1 - t0) * 1000)
-                    else:
-                        errors += 1
+        async def one() -> bool:
+            try:
+                async with session.post(url, data=body, headers=headers) as r:
+                    async for _ in r.content.iter_any():
+                        pass
+                    return r.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _stats(latencies, errors)
+        return await _closed_loop(one, concurrency)
 
 
 async def load_httpx(url: str, headers: dict, stream: bool, concurrency: int) -> dict:
     """The load generator of the first measurements (issue 12's figures), for comparison."""
-    latencies: list[float] = []
-    errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     body = {**BODY, "stream": stream}
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        stop_at = time.perf_counter() + WARMUP_S + DURATION_S
-        measure_from = time.perf_counter() + WARMUP_S
 
-        async def worker() -> None:
-            nonlocal errors
-            while (t0 := time.perf_counter()) < stop_at:
-                try:
-                    if stream:
-                        async with client.stream("POST", url, json=body, headers=headers) as r:
-                            async for _ in r.aiter_raw():
-                                pass
-                            ok = r.status_code == 200
-                    else:
-                        r = await client.post(url, json=body, headers=headers)
-                        ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                t1 = time.perf_counter()
-                if t0 >= measure_from:
-                    if ok:
-                        latencies.append((t1 - t0) * 1000)
-                    else:
-                        errors += 1
+        async def one() -> bool:
+            try:
+                if stream:
+                    async with client.stream("POST", url, json=body, headers=headers) as r:
+                        async for _ in r.aiter_raw():
+                            pass
+                        return r.status_code == 200
+                return (await client.post(url, json=body, headers=headers)).status_code == 200
+            except httpx.HTTPError:
+                return False
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return await _closed_loop(one, concurrency)
+
+
+async def _closed_loop(one: Callable[[], Awaitable[bool]], concurrency: int) -> dict:
+    """``concurrency`` workers calling ``one`` back to back for ``WARMUP_S + DURATION_S``; the
+    requests started after the warm-up are measured."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + WARMUP_S + DURATION_S
+    measure_from = time.perf_counter() + WARMUP_S
+
+    async def worker() -> None:
+        nonlocal errors
+        while (t0 := time.perf_counter()) < stop_at:
+            ok = await one()
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                if ok:
+                    latencies.append((t1 - t0) * 1000)
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return _stats(latencies, errors)
 
 
