@@ -138,6 +138,8 @@ def create_app(
             raw = await read_body(request, limit)
         except PayloadTooLarge as err:
             return _respond(await svc.refuse(endpoint, auth, err))
+        except _ClientGone:  # nobody to answer
+            return Response(status_code=499)
         return _respond(await handle(svc, auth, raw))
 
     @app.post("/chat/completions")
@@ -235,7 +237,9 @@ def _route_path(scope: Scope) -> str:
 
 
 async def _receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """:func:`read_body`'s rules over ASGI messages."""
+    """The request body, refused with :class:`PayloadTooLarge` as soon as it is known to be
+    over ``limit`` bytes: from ``Content-Length`` (``declared``) before reading, else while
+    reading; :class:`_ClientGone` if the client leaves first."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit, int(declared))
     chunks, size = [], 0
@@ -336,18 +340,8 @@ def build_route(
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with :class:`PayloadTooLarge` as soon as it is known to be
-    over ``limit`` bytes: from ``Content-Length`` before reading, else while reading."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(limit, int(declared))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The request body, by :func:`_receive_body`'s rules."""
+    return await _receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
 def _respond(reply: Reply) -> Response:

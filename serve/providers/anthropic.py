@@ -43,7 +43,7 @@ import orjson
 from serve.config import AnthropicProvider
 from serve.providers._http import UpstreamClient
 from serve.providers._sse import ServerSentEvent
-from serve.providers.errors import ProviderError, UnsupportedOperation, UpstreamConnectError
+from serve.providers.errors import ProviderError, UnsupportedOperation, UpstreamConnectError, UpstreamStatus
 from serve.runtimes.engine import ChatMessage, EmbeddingResult, GenerateRequest, TokenDelta
 
 MESSAGES_PATH = "/v1/messages"
@@ -140,9 +140,7 @@ class AnthropicMessagesProvider:
         if not isinstance(answer, dict):
             raise self._http.protocol_error("an answer that is not a JSON object")
         if answer.get("type") == "error":
-            error = answer.get("error") or {}
-            error_type = error.get("type") if isinstance(error, dict) else None
-            raise self._http.error_from_body(ERROR_STATUS.get(error_type or "", 500), error)
+            raise _body_error(self._http, answer)
         try:
             text = "".join(block["text"] for block in answer["content"] if block.get("type") == "text")
             usage = answer.get("usage") or {}
@@ -235,9 +233,7 @@ async def _anthropic_deltas(http: UpstreamClient, events: AsyncIterator[ServerSe
                 yield TokenDelta("", finish, prompt_tokens, chunks if output_tokens is None else output_tokens)
                 return
             elif kind == "error":
-                error = payload.get("error") or {}
-                error_type = error.get("type") if isinstance(error, dict) else None
-                raise http.error_from_body(ERROR_STATUS.get(error_type or "", 500), error)
+                raise _body_error(http, payload)
         except (KeyError, TypeError, AttributeError):
             raise http.protocol_error(f"a {kind} event without its fields") from None
     raise UpstreamConnectError(http.provider, f"the stream from {http.target} ended before message_stop")
@@ -253,3 +249,10 @@ def _input_tokens(usage: dict[str, Any], default: int) -> int:
 
 def _int(value: Any, default: int | None) -> int | None:
     return value if isinstance(value, int) else default
+
+
+def _body_error(http: UpstreamClient, payload: dict[str, Any]) -> UpstreamStatus:
+    """An ``error`` event or answer: its ``error.type`` mapped to the status Anthropic gives it."""
+    error = payload.get("error") or {}
+    error_type = error.get("type") if isinstance(error, dict) else None
+    return http.error_from_body(ERROR_STATUS.get(error_type or "", 500), error)

@@ -29,7 +29,7 @@ import orjson
 from serve.config import OpenAIProvider, TogetherProvider
 from serve.providers._http import UpstreamClient
 from serve.providers._sse import ServerSentEvent
-from serve.providers.errors import UpstreamConnectError
+from serve.providers.errors import UpstreamConnectError, UpstreamStatus
 from serve.runtimes.engine import EmbeddingResult, GenerateRequest, TokenDelta
 
 
@@ -169,10 +169,7 @@ async def openai_deltas(
         if not isinstance(chunk, dict):
             raise http.protocol_error("a stream event that is not a JSON object")
         if chunk.get("error"):  # vLLM and others report failures inside the stream
-            error = chunk["error"]
-            code = error.get("code") if isinstance(error, dict) else None
-            status = code if isinstance(code, int) and 400 <= code <= 599 else 502
-            raise http.error_from_body(status, error)
+            raise _body_error(http, chunk["error"])
         try:
             if chunk.get("usage"):
                 usage = chunk["usage"]
@@ -202,9 +199,7 @@ def openai_completion(http: UpstreamClient, answer: Any, *, chat: bool) -> Token
     if not isinstance(answer, dict):
         raise http.protocol_error("an answer that is not a JSON object")
     if answer.get("error"):  # some servers answer 200 with an error body
-        error = answer["error"]
-        code = error.get("code") if isinstance(error, dict) else None
-        raise http.error_from_body(code if isinstance(code, int) and 400 <= code <= 599 else 502, error)
+        raise _body_error(http, answer["error"])
     try:
         choice = next(c for c in answer["choices"] if c.get("index", 0) == 0)
         text = (choice["message"].get("content") if chat else choice.get("text")) or ""
@@ -217,6 +212,13 @@ def openai_completion(http: UpstreamClient, answer: Any, *, chat: bool) -> Token
     usage = usage if isinstance(usage, dict) else {}
     prompt_tokens, completion_tokens = _count(usage, "prompt_tokens", 0), _count(usage, "completion_tokens", int(bool(text)))
     return TokenDelta(text, str(finish) if finish else "stop", prompt_tokens, completion_tokens)
+
+
+def _body_error(http: UpstreamClient, error: Any) -> UpstreamStatus:
+    """An error reported inside a 200 answer or stream: its ``code`` when that is an HTTP
+    status, else 502."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return http.error_from_body(code if isinstance(code, int) and 400 <= code <= 599 else 502, error)
 
 
 def _count(usage: dict[str, Any], key: str, default: int) -> int:
