@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from serve.gateway.errors import InvalidRequest
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
@@ -45,7 +45,7 @@ class Message(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False  # JSON true or false, not 0 or "yes"
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
@@ -59,7 +59,7 @@ class _Sampling(_Lenient):
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Stop = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
 
     @property
