@@ -177,12 +177,24 @@ class MetricsRecorder:
             self._wake.set()
 
     async def flush(self) -> None:
+        """Write every row recorded so far."""
+        await self._send(drain=True)
+
+    async def _send(self, *, drain: bool) -> None:
+        """Send the batch that failed last time, if any, then what is waiting. Unless ``drain``,
+        that is one batch per tick, and more only while a full batch (``max_rows``) waits: rows
+        recorded while an insert runs wait for the next tick, so a store that takes a while per
+        insert gets one insert per interval, not one right after another."""
         async with self._flush_lock:
             if not self._orphans_sent:
                 await replay_orphans(self._spool_dir, self._sink.insert, keep=self._spool.id)
                 self._orphans_sent = True
+            batched = False
             while self._pending is not None or self._buffer:
                 if self._pending is None:
+                    if batched and not drain and len(self._buffer) < self._max_rows:
+                        return
+                    batched = True
                     batch = list(self._buffer)
                     self._buffer.clear()
                     self._pending = (uuid.uuid4().hex, batch)
@@ -207,7 +219,7 @@ class MetricsRecorder:
                 pass
             self._wake.clear()
             try:
-                await self.flush()
+                await self._send(drain=False)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep the rows; try again next tick
