@@ -260,33 +260,74 @@ def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
+STREAM_BUFFER_BYTES = 64 * 1024
+
+
 async def _stream_body(stream: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
-    """Send ``stream``'s chunks; a disconnect cancels the stream (its ``finally`` records the
-    request as 499 and closes the upstream) and ends the response."""
+    """Send ``stream``'s chunks, those that come together in one write.
 
-    async def pump() -> None:
-        async for chunk in stream:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    A task reads the stream into a list; this coroutine sends whatever the list holds each time
+    it wakes. The reader runs until it waits on the upstream, so the chunks of one upstream read
+    (often a whole short answer) leave as one ASGI message and one socket write instead of one
+    each (~20 per answer, about a sixth of the replica's CPU per streamed request). A client that
+    reads slowly holds the reader back once ``STREAM_BUFFER_BYTES`` wait. A disconnect cancels
+    the stream (its ``finally`` records the request as 499 and closes the upstream) and ends the
+    response; a failure of the stream itself is raised, the server's error."""
+    chunks: list[bytes] = []
+    waiting = 0
+    wake, room = asyncio.Event(), asyncio.Event()
+    room.set()
+    gone = False
 
-    async def disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    async def read() -> None:
+        nonlocal waiting
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                waiting += len(chunk)
+                wake.set()
+                if waiting >= STREAM_BUFFER_BYTES:
+                    room.clear()
+                    await room.wait()
+        finally:
+            wake.set()
 
-    sending = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(disconnect())
+    async def watch() -> None:
+        nonlocal gone
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:  # disconnected, or a receive that failed: the client is gone either way
+            gone = True
+            wake.set()
+
+    reading = asyncio.ensure_future(read())
+    watching = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((sending, watching), return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            await wake.wait()
+            wake.clear()
+            if gone:
+                return
+            while chunks:  # a send that waits for the socket lets the reader add more
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                waiting = 0
+                room.set()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            if reading.done():
+                reading.result()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
     finally:
-        for task in (watching, sending):  # the client left: the stream goes; it ended: the watch goes
+        for task in (watching, reading):  # the client left: the stream goes; it ended: the watch goes
             if not task.done():
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
-    if watching.done() and not watching.cancelled():
-        watching.exception()  # retrieved: a receive that failed means the client is gone too
-    if sending.done() and not sending.cancelled():
-        sending.result()  # a failure of the stream itself is the server's error, as before
+        for task in (watching, reading):
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a client gone first makes a failure moot
 
 
 def build_gateway(*, settings: GatewayConfig, **app_args) -> Application:
