@@ -5,7 +5,7 @@ Three ways to reach it, each driven closed-loop at concurrency 16 and 128, strea
 (the three back to back for each mode, so that they share the machine's state):
 
     direct    client → upstream
-    foundry   client → Ray Serve proxy → Foundry gateway replica → upstream
+    foundry   client → Serve's HAProxy ingress → Foundry gateway replica → upstream
     litellm   client → LiteLLM proxy (one worker) → upstream
 
 Both gateways authenticate a key (LiteLLM's master key, a Foundry admin key) and route to the
