@@ -1,15 +1,18 @@
-"""Client CPU per request of an outside provider, by HTTP transport, side by side in one run.
+"""Client CPU per request of an outside provider against the bare HTTP client, side by side in one run.
 
 An OpenAI-compatible fake upstream (``python -m tests.fakes.upstreams openai --latency-ms 5``)
-runs in its own process; this process calls it through ``OpenAICompatibleProvider`` at
-concurrency 16, closed loop, and counts its own CPU time (``time.process_time``) per request:
+runs in its own process; this process calls it at concurrency 16, closed loop, and counts its
+own CPU time (``time.process_time``) per request:
 
-    stream:  provider.generate()  (the upstream streams 8 chunks, as every text request does)
-    json:    provider.embed()     (one JSON answer)
+    stream:  the upstream streams 8 chunks, as every text request does
+    json:    one JSON answer (an embeddings call)
 
-for each transport under the provider's httpx client: ``httpx`` (its own httpcore pool) and
-``aiohttp`` (one aiohttp session, serve/providers/_aiohttp.py, the default). Rounds alternate the transports so that drift on a
-shared machine hits them alike; the figures are medians over rounds, ratios against ``httpx``.
+two ways: ``provider`` (``OpenAICompatibleProvider``: serve/providers/_http.py's aiohttp session,
+SSE parsing, deltas, error translation) and ``aiohttp`` (the floor: a bare ``aiohttp`` session
+posting the same body and reading the bytes, nothing parsed). Rounds alternate the two so that
+drift on a shared machine hits them alike; the figures are medians over rounds, ratios against
+the floor. (Until 2026-11-30 the providers' client was httpx over an aiohttp transport; that
+layer cost ~170 us per call more.)
 """
 
 from __future__ import annotations
@@ -22,44 +25,42 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
+import orjson
 
 from benchmarks._meta import write
 from serve.config import OpenAIProvider
-from serve.providers._aiohttp import AiohttpTransport
-from serve.providers._http import CONNECT_TIMEOUT_S, KEEPALIVE_EXPIRY_S
 from serve.providers.openai_compat import OpenAICompatibleProvider
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
 
 CONCURRENCY = 16
-REQUESTS = 800  # per transport, mode and round
+REQUESTS = 800  # per client, mode and round
 ROUNDS = 3
 LATENCY_MS = 5
 MAX_CONNECTIONS = 64
-BASELINE = "httpx"
+BASELINE = "aiohttp"
 
 
-def _transport(name: str) -> httpx.AsyncBaseTransport:
-    if name == "httpx":
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY_S)
-        return httpx.AsyncHTTPTransport(limits=limits)
-    return AiohttpTransport(
-        max_connections=MAX_CONNECTIONS, keepalive_expiry_s=KEEPALIVE_EXPIRY_S, connect_timeout_s=CONNECT_TIMEOUT_S, https=False
-    )
-
-
-async def _run(base_url: str, transport: str, mode: str, requests: int) -> dict:
+async def _run(base_url: str, client: str, mode: str, requests: int) -> dict:
     cfg = OpenAIProvider(type="openai", base_url=base_url, model="gpt-x", max_connections=MAX_CONNECTIONS)
-    provider = OpenAICompatibleProvider.from_config("bench", "p", cfg, "sk-bench", transport=_transport(transport))
+    provider = OpenAICompatibleProvider.from_config("bench", "p", cfg, "sk-bench")
     request = GenerateRequest("bench", messages=(ChatMessage("user", "Name some words."),), params=SamplingParams(max_tokens=8))
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
+    headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
+    stream_body = orjson.dumps({"model": "gpt-x", "messages": [{"role": "user", "content": "Name some words."}],
+                                "stream": True, "max_tokens": 8})  # fmt: skip
+    embed_body = orjson.dumps({"model": "gpt-x", "input": ["some words"], "encoding_format": "float"})
 
     async def one() -> None:
-        if mode == "stream":
+        if client == "aiohttp":
+            url, body = (f"{base_url}/chat/completions", stream_body) if mode == "stream" else (f"{base_url}/embeddings", embed_body)
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+        elif mode == "stream":
             async for _ in provider.generate(request):
                 pass
         else:
             await provider.embed(["some words"])
-
     async def worker(count: int) -> None:
         for _ in range(count):
             await one()
@@ -71,6 +72,7 @@ async def _run(base_url: str, transport: str, mode: str, requests: int) -> dict:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         await provider.close()
+        await session.close()
     done = requests // CONCURRENCY * CONCURRENCY
     return {"cpu_ms_per_request": cpu * 1000 / done, "requests_per_s": done / wall}
 
@@ -90,7 +92,7 @@ def _start_upstream() -> tuple[subprocess.Popen, str]:
 
 
 def main(out_dir: Path = Path("benchmarks/results"), requests: int = REQUESTS, rounds: int = ROUNDS) -> dict:
-    transports = ["httpx", "aiohttp"]
+    transports = ["provider", "aiohttp"]
     modes = ["stream", "json"]
     process, base_url = _start_upstream()
     samples: dict[str, dict[str, list[dict]]] = {m: {t: [] for t in transports} for m in modes}

@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import httpx
 import orjson
 
 from serve.config import AnthropicProvider
@@ -92,7 +91,6 @@ class AnthropicMessagesProvider:
         anthropic_version: str = "2023-06-01",
         default_max_tokens: int = 4096,
         max_connections: int = 256,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -101,7 +99,7 @@ class AnthropicMessagesProvider:
         if api_key:
             headers["x-api-key"] = api_key
         self._http = UpstreamClient(
-            name, base_url, headers=headers, max_connections=max_connections, secret=api_key, transport=transport
+            name, base_url, headers=headers, max_connections=max_connections, secret=api_key
         )
 
     @classmethod
@@ -111,8 +109,6 @@ class AnthropicMessagesProvider:
         name: str,
         cfg: AnthropicProvider,
         api_key: str | None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> AnthropicMessagesProvider:
         """The provider of table ``[models.<model>.providers.<name>]``; the upstream model is
         ``cfg.model``, else ``model``."""
@@ -124,7 +120,6 @@ class AnthropicMessagesProvider:
             anthropic_version=cfg.anthropic_version,
             default_max_tokens=cfg.default_max_tokens,
             max_connections=cfg.max_connections,
-            transport=transport,
         )
 
     def __repr__(self) -> str:

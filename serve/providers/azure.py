@@ -17,7 +17,6 @@ import os
 from collections.abc import Mapping
 from urllib.parse import quote
 
-import httpx
 
 from serve.config import AzureProvider
 from serve.providers.openai_compat import OpenAICompatibleProvider
@@ -35,7 +34,6 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
         api_key: str | None,
         *,
         environ: Mapping[str, str] = os.environ,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> AzureOpenAIProvider:
         """Raises ValueError, naming the key, when neither ``base_url`` nor
         ``$AZURE_OPENAI_ENDPOINT`` gives the endpoint."""
@@ -60,5 +58,4 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
                 "embeddings": f"{prefix}/embeddings",
             },
             secret=api_key,
-            transport=transport,
         )

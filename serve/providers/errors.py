@@ -10,7 +10,7 @@
 ``retryable`` decides whether the next attempt (same provider after backoff, or the next
 provider) may be tried: connect errors, timeouts, 408/409/429/5xx are; other 4xx are not (the
 request itself is wrong, another provider would refuse it too). Provider modules translate
-httpx exceptions into these, in the one module that talks to each upstream. Messages never
+aiohttp exceptions into these, in the one module that talks to upstreams (_http.py). Messages never
 contain a credential.
 """
 

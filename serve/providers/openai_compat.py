@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
-import httpx
 import orjson
 
 from serve.config import OpenAIProvider, TogetherProvider
@@ -55,7 +54,6 @@ class OpenAICompatibleProvider:
         params: Mapping[str, str] | None = None,
         paths: Mapping[str, str] | None = None,
         secret: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -67,7 +65,6 @@ class OpenAICompatibleProvider:
             max_connections=max_connections,
             params=params,
             secret=secret,
-            transport=transport,
         )
 
     @classmethod
@@ -77,8 +74,6 @@ class OpenAICompatibleProvider:
         name: str,
         cfg: OpenAIProvider | TogetherProvider,
         api_key: str | None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> OpenAICompatibleProvider:
         """The provider of table ``[models.<model>.providers.<name>]``; the upstream model is
         ``cfg.model``, else ``model``. ``api_key`` None sends no Authorization header (a local
@@ -90,7 +85,6 @@ class OpenAICompatibleProvider:
             headers={"authorization": f"Bearer {api_key}"} if api_key else {},
             max_connections=cfg.max_connections,
             secret=api_key,
-            transport=transport,
         )
 
     def __repr__(self) -> str:

@@ -1,7 +1,6 @@
-"""The aiohttp session under the providers' httpx client (serve/providers/_aiohttp.py): made in
-the event loop that first uses it, never when the provider is built, bounded by
-``max_connections``, and closed with the provider. (Errors, cancellation and connection reuse
-are in test_providers_contract.py, which runs on this transport.)"""
+"""The providers' aiohttp session (serve/providers/_http.py): made in the event loop that first
+uses it, never when the provider is built, bounded by ``max_connections``, and closed with the
+provider. (Errors, cancellation and connection reuse are in test_providers_contract.py.)"""
 
 from __future__ import annotations
 

@@ -1,47 +1,95 @@
-"""What the outside providers send and how they read answers, over httpx's MockTransport.
+"""What the outside providers send and how they read answers, one translation rule at a time.
 
+Each test states its upstream's answer as an ``httpx.Response`` (one line); :class:`Upstream`
+serves it over real HTTP on a local port, so the providers' own aiohttp client is what runs.
 The contract suite (tests/integration/serve/test_providers_contract.py) runs the same providers
-against real-protocol servers; these cover the translation rules one by one, in milliseconds.
+against the full protocol fakes.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import pytest
 
 from serve.config import AnthropicProvider, AzureProvider, OpenAIProvider, TogetherProvider
-from serve.providers._http import retry_after_s
+from serve.providers._http import UpstreamClient, retry_after_s
 from serve.providers.anthropic import AnthropicMessagesProvider, EmbeddingsUnsupported, to_anthropic_messages
 from serve.providers.azure import AzureOpenAIProvider
 from serve.providers.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamStatus, UpstreamTimeout
 from serve.providers.openai_compat import OpenAICompatibleProvider
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams, TokenDelta
+from tests.fakes.upstreams import FakeUpstream
 
 KEY = "sk-unit-0123456789abcdefSECRET"
 CHAT = (ChatMessage("user", "hello there"),)
+_RUNNING: list[Upstream] = []
 
 
-class Upstream:
-    """A MockTransport answering every request with ``respond(request)``; keeps the requests."""
+class Upstream(FakeUpstream):
+    """A local HTTP server answering every request with ``respond(request)``: the request as an
+    ``httpx.Request`` (kept in ``requests``), the answer as an ``httpx.Response``. A streamed
+    answer whose pieces raise drops the connection there, as a peer that resets it does."""
 
     def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.requests: list[httpx.Request] = []
+        super().__init__()
         self.respond = respond
-        self.transport = httpx.MockTransport(self._handle)
+        self.start()
+        _RUNNING.append(self)
+        self.requests: list[httpx.Request] = []
 
-    async def _handle(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        query = scope["query_string"].decode()
+        url = f"http://127.0.0.1:{self.port}{scope['raw_path'].decode()}" + (f"?{query}" if query else "")
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        request = httpx.Request(scope["method"], url, headers=headers, content=bytes(body))
         self.requests.append(request)
-        return self.respond(request)
+        response = self.respond(request)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": raw})
+        try:
+            whole = response.content
+        except httpx.ResponseNotRead:  # a streamed answer
+            async for piece in response.aiter_raw():  # raising here: uvicorn drops the connection
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            whole = b""
+        await send({"type": "http.response.body", "body": whole, "more_body": False})
 
     def body(self, index: int = -1) -> Any:
         return orjson.loads(self.requests[index].content)
+
+
+_PROVIDERS: list[Any] = []
+
+
+def track(provider: Any) -> Any:
+    """``provider``, closed at the end of the test (its connections, if it opened any)."""
+    _PROVIDERS.append(provider)
+    return provider
+
+
+@pytest.fixture(autouse=True)
+async def _cleanup() -> AsyncIterator[None]:
+    yield
+    while _PROVIDERS:
+        await _PROVIDERS.pop().close()
+    while _RUNNING:
+        _RUNNING.pop().stop()
 
 
 def sse(*events: Any, done: bool = True) -> bytes:
@@ -81,13 +129,13 @@ OPENAI_STREAM = sse(
 
 
 def openai(upstream: Upstream, **cfg: Any) -> OpenAICompatibleProvider:
-    config = OpenAIProvider(type="openai", base_url="https://up.example/v1", **cfg)
-    return OpenAICompatibleProvider.from_config("chat-main", "primary", config, KEY, transport=upstream.transport)
+    config = OpenAIProvider(type="openai", base_url=f"{upstream.url}/v1", **cfg)
+    return track(OpenAICompatibleProvider.from_config("chat-main", "primary", config, KEY))
 
 
 def anthropic(upstream: Upstream, **cfg: Any) -> AnthropicMessagesProvider:
-    config = AnthropicProvider(type="anthropic", base_url="https://claude.example", model="claude-x", **cfg)
-    return AnthropicMessagesProvider.from_config("chat-small", "claude", config, KEY, transport=upstream.transport)
+    config = AnthropicProvider(type="anthropic", base_url=upstream.url, model="claude-x", **cfg)
+    return track(AnthropicMessagesProvider.from_config("chat-small", "claude", config, KEY))
 
 
 async def collect(provider: Any, request: GenerateRequest) -> list[TokenDelta]:
@@ -107,7 +155,7 @@ async def test_openai_chat_request_carries_the_key_the_upstream_model_and_every_
     request = chat(max_tokens=12, temperature=0.0, top_p=0.5, seed=7, stop=("\n\n", "END"))
     deltas = await collect(provider, request)
     sent = upstream.requests[0]
-    assert str(sent.url) == "https://up.example/v1/chat/completions"
+    assert str(sent.url) == f"{upstream.url}/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert upstream.body() == {
         "model": "upstream-name",
@@ -143,19 +191,21 @@ async def test_a_prompt_goes_to_completions_without_unset_parameters():
 
 
 async def test_together_is_the_openai_protocol_at_togethers_address():
-    upstream = Upstream(lambda _: streamed(OPENAI_STREAM))
     config = TogetherProvider(type="together", model="meta-llama/Llama-3.3-70B-Instruct-Turbo")
-    provider = OpenAICompatibleProvider.from_config("llama", "tg", config, KEY, transport=upstream.transport)
-    await collect(provider, chat())
-    assert str(upstream.requests[0].url) == "https://api.together.xyz/v1/chat/completions"
+    provider = OpenAICompatibleProvider.from_config("llama", "tg", config, KEY)
+    assert repr(provider) == "<OpenAICompatibleProvider together:tg https://api.together.xyz>"
+    upstream = Upstream(lambda _: streamed(OPENAI_STREAM))
+    config = config.model_copy(update={"base_url": f"{upstream.url}/v1"})  # the same, sent here
+    await collect(track(OpenAICompatibleProvider.from_config("llama", "tg", config, KEY)), chat())
+    assert upstream.requests[0].url.path == "/v1/chat/completions"
     assert upstream.body()["model"] == "meta-llama/Llama-3.3-70B-Instruct-Turbo"
     assert provider.name == "together:tg"
 
 
 async def test_without_a_key_no_authorization_header_is_sent():
     upstream = Upstream(lambda _: streamed(OPENAI_STREAM))
-    config = OpenAIProvider(type="openai", base_url="http://vllm.local:8001/v1")
-    provider = OpenAICompatibleProvider.from_config("m", "vllm", config, None, transport=upstream.transport)
+    config = OpenAIProvider(type="openai", base_url=f"{upstream.url}/v1")
+    provider = track(OpenAICompatibleProvider.from_config("m", "vllm", config, None))
     await collect(provider, chat())
     assert "authorization" not in upstream.requests[0].headers
 
@@ -171,14 +221,12 @@ def test_a_base_url_without_scheme_or_host_is_a_value_error():
 async def test_azure_addresses_the_deployment_with_api_version_and_api_key_header():
     upstream = Upstream(lambda _: streamed(OPENAI_STREAM))
     config = AzureProvider(type="azure", model="gpt-4o-mini", api_version="2024-06-01")
-    provider = AzureOpenAIProvider.from_config(
-        "chat-main", "backup", config, KEY, environ={"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com/"},
-        transport=upstream.transport,
-    )  # fmt: skip
+    provider = track(AzureOpenAIProvider.from_config(
+        "chat-main", "backup", config, KEY, environ={"AZURE_OPENAI_ENDPOINT": f"{upstream.url}/"}
+    ))  # the endpoint from the environment: the request came here
     await collect(provider, chat())
     sent = upstream.requests[0]
     assert sent.url.path == "/openai/deployments/gpt-4o-mini/chat/completions"
-    assert sent.url.host == "res.openai.azure.com"
     assert dict(sent.url.params) == {"api-version": "2024-06-01"}
     assert sent.headers["api-key"] == KEY and "authorization" not in sent.headers
     assert "model" not in upstream.body()
@@ -187,8 +235,8 @@ async def test_azure_addresses_the_deployment_with_api_version_and_api_key_heade
 
 async def test_azure_deployment_setting_wins_over_the_model_name():
     upstream = Upstream(lambda _: httpx.Response(200, json={"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 1}}))
-    config = AzureProvider(type="azure", base_url="https://res.openai.azure.com", deployment="my embed")
-    provider = AzureOpenAIProvider.from_config("emb", "az", config, KEY, environ={}, transport=upstream.transport)
+    config = AzureProvider(type="azure", base_url=upstream.url, deployment="my embed")
+    provider = track(AzureOpenAIProvider.from_config("emb", "az", config, KEY, environ={}))
     await provider.embed(["x"])
     assert upstream.requests[0].url.raw_path == b"/openai/deployments/my%20embed/embeddings?api-version=2024-10-21"
 
@@ -355,24 +403,37 @@ async def test_a_read_error_after_the_first_delta_is_a_connect_error_after_the_d
 # --- errors --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
-        (httpx.ConnectError("[Errno 111] Connection refused"), UpstreamConnectError),
-        (httpx.ConnectTimeout("timed out"), UpstreamConnectError),
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), UpstreamConnectError),
-        (httpx.ReadTimeout("timed out"), UpstreamTimeout),
-    ],
-)
-async def test_transport_failures_before_an_answer_are_translated(exc, expected):
-    def fail(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    with pytest.raises(expected) as caught:
-        await collect(openai(Upstream(fail)), chat())
+async def test_a_refused_connection_is_a_retryable_connect_error_naming_the_upstream():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = OpenAIProvider(type="openai", base_url=f"http://127.0.0.1:{port}/v1")
+    provider = OpenAICompatibleProvider.from_config("chat-main", "primary", config, KEY)
+    with pytest.raises(UpstreamConnectError) as caught:
+        await collect(provider, chat())
     assert caught.value.retryable is True
     assert caught.value.provider == "openai:primary"
-    assert "https://up.example" in caught.value.message
+    assert f"http://127.0.0.1:{port}" in caught.value.message and KEY not in caught.value.message
+    await provider.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "started", "expected", "words"),
+    [
+        (aiohttp.ConnectionTimeoutError("timed out"), False, UpstreamConnectError, "within 5 s"),
+        (aiohttp.ServerDisconnectedError(), False, UpstreamConnectError, "dropped before answering"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), True, UpstreamConnectError,
+         "dropped after the stream started"),
+        (aiohttp.SocketTimeoutError("timed out"), False, UpstreamTimeout, "timed out"),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), False, UpstreamConnectError, "dropped"),
+    ],
+)  # fmt: skip
+def test_aiohttp_failures_translate_by_the_table(exc, started, expected, words):
+    """The rows of serve/providers/_http.py's table that a local server cannot stage quickly."""
+    client = UpstreamClient("openai:primary", "https://up.example/v1", headers={}, max_connections=1, secret=KEY)
+    error = client.transport_error(exc, started=started)
+    assert type(error) is expected and error.retryable is True
+    assert words in error.message and "https://up.example" in error.message
 
 
 async def test_a_status_error_keeps_the_upstream_message_type_code_and_retry_after():
