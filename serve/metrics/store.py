@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -29,6 +30,8 @@ import numpy as np
 from serve.metrics import rollups
 from serve.metrics.migrations import BENCH_COLUMNS, BENCH_TABLE, TABLE, migrate
 from serve.metrics.records import ModelUsage, Ranking, RequestRecord, Series, TimeSeries, UsageReport
+
+T = TypeVar("T")
 
 
 
@@ -151,13 +154,27 @@ class MetricsStore:
         self._lock = asyncio.Lock()  # backends are not thread-safe; one statement at a time
         migrate(backend)
 
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a thread, one statement at a time. A caller cancelled meanwhile waits
+        for its statement to end before the next may start: the thread cannot be stopped, and a
+        second statement alongside it fails (clickhouse-connect refuses concurrent queries in a
+        session) or races (chdb)."""
+        async with self._lock:
+            call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            try:
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:
+                await asyncio.wait([call])
+                if not call.cancelled():
+                    call.exception()  # retrieved: the caller is gone, nobody wants it
+                raise
+
     async def insert(self, rows: list[RequestRecord], token: str | None = None) -> None:
         """Write ``rows``; with ``token``, writing the same batch again stores it once."""
         if not rows:
             return
         payload = b"\n".join(_encode(r) for r in rows)
-        async with self._lock:
-            await asyncio.to_thread(self._backend.insert_json_rows, TABLE, payload, token)
+        await self._call(self._backend.insert_json_rows, TABLE, payload, token)
 
     async def usage(
         self,
@@ -182,8 +199,7 @@ class MetricsStore:
                    countIf(status < 400 AND ttft_ms IS NOT NULL) AS ok_ttft
             FROM {TABLE} {where}
             GROUP BY model ORDER BY model"""
-        async with self._lock:
-            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        rows = await self._call(self._backend.query_rows, sql)
         models = [
             ModelUsage(
                 model=r["model"],
@@ -240,8 +256,7 @@ class MetricsStore:
         sql = rollups.timeseries_sql(
             metric, interval, since_s=since_s, until_s=until_s, group_by=group_by, project_id=project_id
         )
-        async with self._lock:
-            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        rows = await self._call(self._backend.query_rows, sql)
         if not group_by:
             rows = [{**row, "g": "all"} for row in rows] or [{"g": "all", "ts": [], "vs": []}]
         count = metric in rollups.COUNT_METRICS
@@ -280,8 +295,7 @@ class MetricsStore:
         sql = rollups.top_sql(
             metric, by, rollup=rollup, since_s=since_s, until_s=until_s, project_id=project_id, limit=limit
         )
-        async with self._lock:
-            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        rows = await self._call(self._backend.query_rows, sql)
         number = int if metric in rollups.COUNT_METRICS else float
         data = [(row["g"], number(row["v"])) for row in rows]
         return Ranking(metric, by, _utc(since_s), _utc(until_s), rollup.interval, data)
@@ -293,15 +307,13 @@ class MetricsStore:
             return 0
         now = _ts(datetime.now(timezone.utc))
         payload = b"\n".join(_encode_bench(row, now) for row in rows)
-        async with self._lock:
-            await asyncio.to_thread(self._backend.insert_json_rows, BENCH_TABLE, payload, token)
+        await self._call(self._backend.insert_json_rows, BENCH_TABLE, payload, token)
         return len(rows)
 
     async def benchmarks(self, *, model_path: str | None = None) -> list[dict]:
         where = f"WHERE model_path = {_quote(model_path)}" if model_path is not None else ""
         sql = f"SELECT * FROM {BENCH_TABLE} {where} ORDER BY ts"
-        async with self._lock:
-            rows = await asyncio.to_thread(self._backend.query_rows, sql)
+        rows = await self._call(self._backend.query_rows, sql)
         out = []
         for row in rows:
             extra = json.loads(row.pop("extra") or "{}")
@@ -310,13 +322,11 @@ class MetricsStore:
         return out
 
     async def count(self) -> int:
-        async with self._lock:
-            rows = await asyncio.to_thread(self._backend.query_rows, f"SELECT count() AS n FROM {TABLE}")
+        rows = await self._call(self._backend.query_rows, f"SELECT count() AS n FROM {TABLE}")
         return int(rows[0]["n"])
 
     async def close(self) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._backend.close)
+        await self._call(self._backend.close)
 
 
 def open_backend(*, backend: str, path: str | None = None, url: str | None = None) -> Backend:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from serve.metrics import ChdbStore, ClickHouseHTTPBackend, MetricsBackendError, MetricsRecorder, MetricsStore, RequestRecord
+from serve.metrics import ChdbBackend, ChdbStore, ClickHouseHTTPBackend, MetricsBackendError, MetricsRecorder, MetricsStore, RequestRecord
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -77,6 +78,61 @@ async def test_data_survives_reopen(tmp_path):
     s = ChdbStore(path)
     assert await s.count() == 7
     await s.close()
+
+
+class HeldBackend:
+    """A backend that holds each insert until ``release`` is set, and notes whether two calls
+    ever ran at once (the store must never let them)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.running, self.overlapped = 0, False
+
+    def _enter(self) -> None:
+        self.running += 1
+        self.overlapped |= self.running > 1
+
+    def insert_json_rows(self, table, payload, token=None):
+        self._enter()
+        try:
+            self.entered.set()
+            self.release.wait(10)
+            return self.inner.insert_json_rows(table, payload, token)
+        finally:
+            self.running -= 1
+
+    def query_rows(self, sql):
+        self._enter()
+        try:
+            return self.inner.query_rows(sql)
+        finally:
+            self.running -= 1
+
+    def command(self, sql):
+        return self.inner.command(sql)
+
+    def close(self):
+        return self.inner.close()
+
+
+async def test_a_cancelled_call_holds_the_store_until_its_statement_ends(tmp_path):
+    """A caller cancelled mid-insert (a recorder closed while it flushed) leaves the insert
+    running in its thread; the next statement waits for it instead of running alongside it."""
+    backend = HeldBackend(ChdbBackend(str(tmp_path / "metrics")))
+    store = MetricsStore(backend)
+    insert = asyncio.ensure_future(store.insert([rec(i) for i in range(5)], "batch-1"))
+    await asyncio.to_thread(backend.entered.wait, 10)
+    insert.cancel()
+    counting = asyncio.ensure_future(store.count())
+    await asyncio.sleep(0.05)
+    assert not counting.done()  # waiting for the insert, not beside it
+    backend.release.set()
+    assert await counting == 5
+    with pytest.raises(asyncio.CancelledError):
+        await insert
+    assert not backend.overlapped
+    await store.close()
 
 
 class FlakySink:
