@@ -1,7 +1,7 @@
 """OpenAI request bodies, validated.
 
 Unknown fields are accepted and ignored (clients send many optional ones); known fields are
-checked, and a violation becomes a 400 that names the parameter and the real problem (for a
+checked, strictly by JSON type, and a violation becomes a 400 that names the parameter and the real problem (for a
 field that takes several shapes, the problem with the shape the client sent). Lists are bounded
 as OpenAI bounds them: at most 2,048 messages and 2,048 embedding inputs.
 """
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from serve.gateway.errors import InvalidRequest
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
@@ -22,8 +22,22 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_TOKENS = 2**31 - 1  # integer parameters are bounded, as JSON numbers in other servers are
 INT64 = 2**63
 
+
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Lenient about unknown fields, strict about known ones: each takes only the JSON type
+    the document gives it (``"temperature": true`` and ``"max_tokens": "5"`` are 400s, as
+    schemathesis' negative runs against ``/v1/openapi.json`` expect). As in JSON Schema, 5 is a number
+    and 5.0 an integer."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @field_validator("max_tokens", "max_completion_tokens", "n", "seed", "dimensions", mode="before", check_fields=False)
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """JSON Schema's integer is any number without a fraction: 5 and 5.0, not 5.5, "5" or true."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class TextPart(_Lenient):

@@ -39,6 +39,31 @@ def test_invalid_chat_requests(raw, param):
     assert exc.value.message
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("temperature", True, "a valid number"),
+        ("temperature", "0.5", "a valid number"),
+        ("max_tokens", "5", "a valid integer"),
+        ("max_tokens", 5.5, "a valid integer"),
+        ("seed", False, "a valid integer"),
+        ("model", 5, "a valid string"),
+    ],
+)
+def test_known_fields_take_only_their_json_type(field, value, expected):
+    """Found by schemathesis' negative run: ``"temperature": true`` was read as 1.0."""
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(body(messages=MSG, **{field: value}), ChatCompletionRequest)
+    assert exc.value.param == field
+    assert expected in exc.value.message and f"'{field}'" in exc.value.message
+
+
+def test_an_integer_is_a_number_and_a_number_without_a_fraction_an_integer():
+    """JSON Schema's types, which schemathesis' positive runs send: 1 for a number, 5.0 for an integer."""
+    req = parse_body(body(messages=MSG, temperature=1, top_p=1, max_tokens=5.0), ChatCompletionRequest)
+    assert (req.temperature, req.token_limit) == (1.0, 5)
+
+
 def test_chat_defaults_and_unknown_fields_are_ignored():
     req = parse_body(body(messages=MSG, user="u-1", logit_bias={}, stop="END"), ChatCompletionRequest)
     assert req.token_limit is None  # the runtime or provider decides
