@@ -173,6 +173,7 @@ class UpstreamClient:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+            await asyncio.sleep(0)  # the sockets close on the loop's next turn (aiohttp's advice)
 
     @staticmethod
     async def drain(events: AsyncIterator[ServerSentEvent]) -> None:
