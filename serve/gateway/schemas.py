@@ -1,8 +1,8 @@
 """OpenAI request bodies, validated.
 
 Unknown fields are accepted and ignored (clients send many optional ones); known fields are
-checked, strictly by JSON type, and a violation becomes a 400 that names the parameter and the real problem (for a
-field that takes several shapes, the problem with the shape the client sent). Lists are bounded
+checked, strictly by JSON type, and a violation becomes a 400 that names the parameter and the
+real problem (for a field that takes several shapes, the problem with the shape the client sent). Lists are bounded
 as OpenAI bounds them: at most 2,048 messages and 2,048 embedding inputs.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.gateway.errors import InvalidRequest
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
@@ -25,9 +25,9 @@ INT64 = 2**63
 
 class _Lenient(BaseModel):
     """Lenient about unknown fields, strict about known ones: each takes only the JSON type
-    the document gives it (``"temperature": true`` and ``"max_tokens": "5"`` are 400s, as
-    schemathesis' negative runs against ``/v1/openapi.json`` expect). As in JSON Schema, 5 is a number
-    and 5.0 an integer."""
+    the document gives it (``"temperature": true``, ``"stream": 0`` and ``"max_tokens": "5"``
+    are 400s, as schemathesis' negative runs against ``/v1/openapi.json`` expect). As in JSON
+    Schema, 5 is a number and 5.0 an integer."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -59,7 +59,7 @@ class Message(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: StrictBool = False  # JSON true or false, not 0 or "yes"
+    include_usage: bool = False
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
@@ -73,7 +73,7 @@ class _Sampling(_Lenient):
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Stop = None
-    stream: StrictBool | None = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
 
     @property

@@ -34,7 +34,6 @@ from serve.metrics.records import ModelUsage, Ranking, RequestRecord, Series, Ti
 T = TypeVar("T")
 
 
-
 class MetricsBackendError(Exception):
     """The metrics database could not be reached or rejected a statement."""
 

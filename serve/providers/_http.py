@@ -142,7 +142,7 @@ class UpstreamClient:
                 raise await self._status_error(response)
             if response.headers.get("content-type", "").startswith("application/json"):
                 raise self.protocol_error("a JSON answer where an event stream was expected")
-            async for event in iter_events(_chunks(response.content)):
+            async for event in iter_events(response.content.iter_any()):
                 started = True
                 yield event
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -211,7 +211,7 @@ class UpstreamClient:
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamStatus:
         body = bytearray()
         try:
-            async for chunk in _chunks(response.content):
+            async for chunk in response.content.iter_any():
                 body += chunk
                 if len(body) >= MAX_ERROR_BODY_BYTES:
                     break
@@ -246,12 +246,6 @@ class UpstreamClient:
             text = text.replace(self._secret, "[redacted]")
         text = _MASKED.sub("[redacted]", text)
         return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
-
-
-async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """A body as it arrives, in the pieces the socket gives."""
-    while chunk := await content.readany():
-        yield chunk
 
 
 def display_url(url: str) -> str:
