@@ -314,7 +314,11 @@ async def _stream_body(stream: AsyncIterator[bytes], receive: Receive, send: Sen
                 chunks.clear()
                 waiting = 0
                 room.set()
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                # the stream ended well: its last bytes and the end of the body in one write
+                last = reading.done() and not reading.cancelled() and reading.exception() is None
+                await send({"type": "http.response.body", "body": body, "more_body": not last})
+                if last:
+                    return
             if reading.done():
                 reading.result()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -49,8 +49,26 @@ async def test_chunks_that_arrive_together_leave_in_one_write():
 
     client = Client()
     await _stream_body(stream(), client.receive, client.send)
-    assert client.bodies == [b"a0a1a2a3a4", b"b0b1", b""]
-    assert [m["more_body"] for m in client.messages] == [True, True, False]
+    # the stream had ended when its last read was sent: that write ends the body too
+    assert client.bodies == [b"a0a1a2a3a4", b"b0b1"]
+    assert [m["more_body"] for m in client.messages] == [True, False]
+
+
+async def test_a_stream_still_open_after_its_last_bytes_ends_with_an_empty_write():
+    release = asyncio.Event()
+
+    async def stream():
+        yield b"all"
+        await release.wait()  # the upstream closes its body a moment later
+
+    client = Client()
+    task = asyncio.ensure_future(_stream_body(stream(), client.receive, client.send))
+    while not client.messages:
+        await asyncio.sleep(0.001)
+    release.set()
+    await asyncio.wait_for(task, 5)
+    assert client.bodies == [b"all", b""]
+    assert [m["more_body"] for m in client.messages] == [True, False]
 
 
 async def test_a_client_that_does_not_read_holds_the_reader_back():
