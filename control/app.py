@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -89,6 +88,7 @@ from control.schemas import (
 )
 from serve.metrics.records import UsageReport
 from serve.metrics.store import MetricsBackendError
+from serve.request_id import HEADER as REQUEST_ID, given_request_id
 
 HEALTH_TIMEOUT_S = 5.0
 USAGE_TIMEOUT_S = 30.0
@@ -128,11 +128,14 @@ def create_app(
     pipelines: Any = None,
     home: str | None = None,
     static_models: Any = (),
+    echo_request_id: bool = True,
 ) -> FastAPI:
     """The control API over the database at ``database_url`` and the metrics in ``usage``;
     ``auth`` (a :class:`control.config.AuthConfig`) also accepts the issuer's OIDC tokens.
     ``home`` (``FOUNDRY_HOME``) and ``static_models`` (the names the config file serves) are
-    what deployments need: where models live, and names a deployment may not take."""
+    what deployments need: where models live, and names a deployment may not take.
+    ``echo_request_id=False`` behind Ray Serve, whose ingress sends the ``x-request-id`` back
+    itself (:mod:`serve.request_id`)."""
     parse_url(database_url, is_async=True)  # a bad URL fails now, not at the first request
 
     @asynccontextmanager
@@ -160,7 +163,8 @@ def create_app(
     app.state.home = home
     app.state.static_models = set(static_models)
     app.state.authenticate = _authenticate
-    app.add_middleware(_RequestId)
+    app.state.echo_request_id = echo_request_id
+    app.add_middleware(_RequestId, echo=echo_request_id)
     app.add_exception_handler(ControlError, _control_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -666,26 +670,28 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Sent by Starlette's outermost middleware, outside _RequestId: set the header here. Starlette
     # re-raises after this response, so the server still logs the traceback.
     request_id = _request_id(request)
-    headers = {"x-request-id": request_id} if request_id else None
+    headers = {"x-request-id": request_id} if request_id and request.app.state.echo_request_id else None
     return JSONResponse(ControlError("internal server error").body(request_id), status_code=500, headers=headers)
 
 
-_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
 class _RequestId:
-    """Gives every request an id (the client's ``x-request-id`` if sane) and echoes it back."""
+    """Gives every request an id (the client's ``x-request-id`` if sane, :mod:`serve.request_id`)
+    and, with ``echo``, sends it back."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _CLIENT_REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex[:16]}"
+        given = given_request_id(dict(scope["headers"]).get(REQUEST_ID))
+        request_id = given or f"req_{uuid.uuid4().hex[:16]}"
         scope.setdefault("state", {})["request_id"] = request_id
+        if not self.echo:
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

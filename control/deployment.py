@@ -25,7 +25,7 @@ def build_control(
     def app():
         return create_app(
             database_url=database_url, usage=metrics, auth=auth, pipelines=pipelines, home=home,
-            static_models=static_models,
+            static_models=static_models, echo_request_id=False,  # Serve's ingress sends it back
         )  # fmt: skip
 
     @serve.deployment(

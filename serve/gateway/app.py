@@ -40,6 +40,7 @@ from serve.gateway.service import GatewayService, Reply
 from serve.gateway.telemetry import Telemetry
 from serve.metrics.actor import MetricsClient, MetricsRecorder
 from serve.providers import build_provider
+from serve.request_id import HEADER as REQUEST_ID, given_request_id
 
 JSON = "application/json"
 
@@ -62,12 +63,14 @@ def create_app(
     limits: LimitsConfig = LimitsConfig(),
     route_source: RouteSource | None = None,
     metrics_spool: Path | None = None,
+    echo_request_id: bool = True,
 ) -> FastAPI:
     """The gateway's FastAPI app. ``runtime_deployments`` maps runtime name → Serve deployment
     name; resources (handles, key cache, recorder) are created in the lifespan, in the replica.
     ``route_source`` adds models registered at run time to the ``models`` of the file.
     ``metrics_spool``: a local directory where metrics rows wait until stored, so a replica that
-    is killed loses none (:mod:`serve.metrics.spool`)."""
+    is killed loses none (:mod:`serve.metrics.spool`). ``echo_request_id=False`` behind Ray Serve,
+    whose ingress sends the ``x-request-id`` back itself (:mod:`serve.request_id`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -129,18 +132,23 @@ def create_app(
     limit = settings.max_body_bytes
     # The generation routes are served by HotRoutes before FastAPI routes anything; the routes
     # below describe them in /openapi.json and serve them the same way if it is left out.
-    app.add_middleware(HotRoutes, limit=limit)
+    app.add_middleware(HotRoutes, limit=limit, echo_request_id=echo_request_id)
 
     async def with_body(request: Request, endpoint: str, handle) -> Response:
         svc: GatewayService = request.app.state.gateway
         auth = request.headers.get("authorization")
+        rid = given_request_id(request.headers.get("x-request-id", "").encode("latin-1") or None)
         try:
             raw = await read_body(request, limit)
         except PayloadTooLarge as err:
-            return _respond(await svc.refuse(endpoint, auth, err))
+            reply = await svc.refuse(endpoint, auth, err, rid)
         except _ClientGone:  # nobody to answer
             return Response(status_code=499)
-        return _respond(await handle(svc, auth, raw))
+        else:
+            reply = await handle(svc, auth, raw, rid)
+        if not echo_request_id:
+            reply.headers.pop("x-request-id", None)
+        return _respond(reply)
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -167,7 +175,7 @@ def create_app(
     return app
 
 
-_Handler = Callable[[GatewayService, str | None, bytes], Awaitable[Reply]]
+_Handler = Callable[[GatewayService, str | None, bytes, str | None], Awaitable[Reply]]
 HOT_ROUTES: dict[str, tuple[str, _Handler]] = {
     "/chat/completions": ("chat.completions", GatewayService.chat_completions),
     "/completions": ("completions", GatewayService.completions),
@@ -181,11 +189,13 @@ class HotRoutes:
     (on the 2-core box that machinery was about a tenth of the replica's CPU per request).
     Same bytes out as the FastAPI routes: status, headers (``content-length`` or, for streams,
     ``cache-control: no-cache`` and ``text/event-stream; charset=utf-8``) and body; a client
-    that disconnects mid-stream cancels it. Everything else goes on to FastAPI."""
+    that disconnects mid-stream cancels it. Everything else goes on to FastAPI. The request's
+    ``x-request-id`` is its id (:mod:`serve.request_id`); ``echo_request_id`` sends it back."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, echo_request_id: bool = True) -> None:
         self.app = app
         self.limit = limit
+        self.echo_request_id = echo_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -198,20 +208,25 @@ class HotRoutes:
     async def _serve(self, hot: tuple[str, _Handler], scope: Scope, receive: Receive, send: Send) -> None:
         endpoint, handle = hot
         svc: GatewayService = scope["app"].state.gateway
-        auth = declared = None
+        auth = declared = given = None
         for name, value in scope["headers"]:
             if name == b"authorization" and auth is None:
                 auth = value.decode("latin-1")
             elif name == b"content-length" and declared is None:
                 declared = value.decode("latin-1")
+            elif name == REQUEST_ID and given is None:
+                given = value
+        rid = given_request_id(given)
         try:
             raw = await _receive_body(receive, declared, self.limit)
         except PayloadTooLarge as err:
-            reply = await svc.refuse(endpoint, auth, err)
+            reply = await svc.refuse(endpoint, auth, err, rid)
         except _ClientGone:
             return
         else:
-            reply = await handle(svc, auth, raw)
+            reply = await handle(svc, auth, raw, rid)
+        if not self.echo_request_id:
+            reply.headers.pop("x-request-id", None)
         if reply.stream is None:
             media_type = reply.headers.pop("content-type", JSON)
             headers = _raw_headers(reply.headers)
@@ -339,7 +354,7 @@ def build_gateway(*, settings: GatewayConfig, **app_args) -> Application:
 
     # A builder, evaluated in the replica: the FastAPI app is created there, not pickled.
     def app() -> FastAPI:
-        return create_app(settings=settings, **app_args)
+        return create_app(settings=settings, echo_request_id=False, **app_args)
 
     @serve.deployment(
         name="Gateway",

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ from serve.gateway.telemetry import Telemetry
 from serve.metrics.actor import MetricsRecorder
 from serve.metrics.records import RequestRecord
 from serve.providers.errors import ProviderError
+from serve.request_id import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,18 @@ class GatewayService:
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    async def chat_completions(self, authorization: str | None, raw: bytes) -> Reply:
-        return await self._generate(CHAT, authorization, raw)
+    # ``request_id``: the request's own (:mod:`serve.request_id`), None to make one. It is the
+    # metrics row's id and the ``x-request-id`` of the reply; a completion's ``id`` is it with
+    # OpenAI's prefix (``chatcmpl-``).
 
-    async def completions(self, authorization: str | None, raw: bytes) -> Reply:
-        return await self._generate(TEXT, authorization, raw)
+    async def chat_completions(self, authorization: str | None, raw: bytes, request_id: str | None = None) -> Reply:
+        return await self._generate(CHAT, authorization, raw, request_id)
 
-    async def embeddings(self, authorization: str | None, raw: bytes) -> Reply:
-        track = _Tracker("embeddings", "emb-" + uuid.uuid4().hex, raw)
+    async def completions(self, authorization: str | None, raw: bytes, request_id: str | None = None) -> Reply:
+        return await self._generate(TEXT, authorization, raw, request_id)
+
+    async def embeddings(self, authorization: str | None, raw: bytes, request_id: str | None = None) -> Reply:
+        track = _Tracker("embeddings", request_id or new_request_id(), raw)
         try:
             key = await self._keys.authenticate(authorization)
             track.key(key)
@@ -153,9 +157,11 @@ class GatewayService:
         finally:
             self._finish(track)
 
-    async def refuse(self, endpoint: str, authorization: str | None, err: GatewayError) -> Reply:
+    async def refuse(
+        self, endpoint: str, authorization: str | None, err: GatewayError, request_id: str | None = None
+    ) -> Reply:
         """A request refused before its body was read (too large): still one metrics row."""
-        track = _Tracker(endpoint, "req-" + uuid.uuid4().hex, None)
+        track = _Tracker(endpoint, request_id or new_request_id(), None)
         try:
             track.key(await self._keys.authenticate(authorization))
         except GatewayError as auth_err:
@@ -183,8 +189,9 @@ class GatewayService:
 
     # --- generation ------------------------------------------------------------------------
 
-    async def _generate(self, kind: _Kind, authorization: str | None, raw: bytes) -> Reply:
-        track = _Tracker(kind.endpoint, kind.id_prefix + uuid.uuid4().hex, raw)
+    async def _generate(self, kind: _Kind, authorization: str | None, raw: bytes, request_id: str | None) -> Reply:
+        track = _Tracker(kind.endpoint, request_id or new_request_id(), raw)
+        completion_id = kind.id_prefix + track.rec.request_id
         streaming = False
         try:
             key = await self._keys.authenticate(authorization)
@@ -194,13 +201,13 @@ class GatewayService:
             route = await self._check_model(track, body.model, key)
             track.rec.streamed = bool(body.stream)
             await self._admit(track, key, route, body.prompt_estimate(), body.token_limit)
-            request = body.generate_request(track.rec.request_id)
+            request = body.generate_request(completion_id)
             if body.stream:
                 opened = await self._router.open_stream(route, request, track.outcome)
                 track.routed()
                 track.first_token()
                 writer = kind.chunks(
-                    rid=track.rec.request_id, created=int(time.time()), model=body.model,
+                    rid=completion_id, created=int(time.time()), model=body.model,
                     include_usage=body.include_usage,
                 )  # fmt: skip
                 track.headers["x-foundry-overhead-ms"] = f"{track.overhead_ms():.2f}"
@@ -211,7 +218,7 @@ class GatewayService:
             track.first_token()
             track.tokens(whole.prompt_tokens, whole.completion_tokens)
             out = kind.completion(
-                track.rec.request_id, int(time.time()), body.model, whole.text, whole.finish_reason,
+                completion_id, int(time.time()), body.model, whole.text, whole.finish_reason,
                 whole.prompt_tokens, whole.completion_tokens,
             )  # fmt: skip
             return self._reply(track, 200, out)

@@ -262,6 +262,18 @@ async def test_client_request_id_is_echoed(api: httpx.AsyncClient) -> None:
     assert odd.headers["x-request-id"].startswith("req_")
 
 
+async def test_behind_ray_serve_the_request_id_header_is_left_to_serve(database_url: str, admin_key: str) -> None:
+    """Serve's ingress puts its id in the request's headers and sends it back itself; the app
+    uses that id and adds no second header (a client would read "a, a"), errors and 500s alike."""
+    failing = RecordingUsage(error=RuntimeError("boom"))
+    app = create_app(database_url=database_url, usage=failing, echo_request_id=False)
+    async with running(app, admin_key) as client:
+        for path in ("/nope", "/usage"):
+            response = await client.get(path, headers={"x-request-id": "serve-id-1"})
+            assert response.status_code in (404, 500) and "x-request-id" not in response.headers
+            assert "serve-id-1" in response.json()["error"]["message"]
+
+
 # --- usage ---------------------------------------------------------------------------------
 
 

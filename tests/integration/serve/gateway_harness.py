@@ -53,7 +53,7 @@ class StoreSink:
 
 
 class GatewayServer:
-    def __init__(self, config_toml: str, tmp: Path) -> None:
+    def __init__(self, config_toml: str, tmp: Path, **app_args) -> None:
         cfg = parse_config(config_toml, source="<test>", base_dir=tmp)
         self.keys = MemoryKeySource()
         self.keys.add(KEY)
@@ -66,6 +66,7 @@ class GatewayServer:
             settings=cfg.gateway,
             metrics_settings=cfg.metrics.model_copy(update={"flush_interval_ms": 50}),
             limits=cfg.limits,
+            **app_args,
         )
         sock = self._sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import time
 
 import httpx
@@ -40,8 +41,8 @@ def upstreams():
 def gateway(tmp_path):
     servers = []
 
-    def start(toml: str) -> GatewayServer:
-        s = GatewayServer(toml, tmp_path / f"g{len(servers)}")
+    def start(toml: str, **app_args) -> GatewayServer:
+        s = GatewayServer(toml, tmp_path / f"g{len(servers)}", **app_args)
         servers.append(s)
         return s
 
@@ -299,12 +300,49 @@ def test_a_client_leaving_mid_stream_is_recorded_499_and_the_upstream_request_cl
     with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as http:
         with http.stream("POST", "/chat/completions", json=body) as r:
             assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream; charset=utf-8"
-            assert r.headers["cache-control"] == "no-cache" and r.headers["x-request-id"].startswith("chatcmpl-")
-            next(r.iter_raw())  # the stream has started; then the client goes
+            assert r.headers["cache-control"] == "no-cache"
+            rid = r.headers["x-request-id"]
+            assert f'"id":"chatcmpl-{rid}"'.encode() in next(r.iter_raw())  # started; then the client goes
     (row,) = gw.wait_rows(1)
+    assert row["request_id"] == rid
     assert (row["status"], row["error_type"], row["streamed"]) == (499, "client_disconnected", 1)
     assert up.streams_completed == 0
     asyncio.run(up.wait_until(lambda: up.disconnects == 1, 10))  # the gateway closed its upstream request too
     r = httpx.post(f"{gw.url}/chat/completions", json={**body, "stream": False}, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert int(r.headers["content-length"]) == len(r.content) and float(r.headers["x-foundry-overhead-ms"]) >= 0
+
+
+def test_request_ids_are_the_clients_when_safe_and_sent_back_once(upstreams, gateway, monkeypatch):
+    """x-request-id: the client's own when it is a safe token, else one of ours; it is the
+    metrics row's id, and the completion's id is it with OpenAI's prefix. Behind Ray Serve
+    (echo_request_id=False) the app leaves the header to Serve's ingress, which sends it back."""
+    monkeypatch.setenv("K", "k")
+    gw = gateway(providers(p=upstreams(OpenAIUpstream)))
+    sdk = client(gw)
+    traced = sdk.chat.completions.with_raw_response.create(
+        model="m", messages=MSG, extra_headers={"x-request-id": "trace-42.a_b"}
+    )
+    assert traced.headers.get_list("x-request-id") == ["trace-42.a_b"]
+    assert traced.parse().id == "chatcmpl-trace-42.a_b"
+    streamed = sdk.chat.completions.create(model="m", messages=MSG, stream=True)
+    ids = {chunk.id for chunk in streamed}
+    assert ids == {"chatcmpl-" + streamed.response.headers["x-request-id"]}
+    for odd in ("has space", "x" * 65, "ünï".encode()):
+        r = httpx.post(f"{gw.url}/embeddings", json={"model": "m", "input": "hi"},
+                       headers={"Authorization": f"Bearer {KEY}", "x-request-id": odd})  # fmt: skip
+        assert r.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    rows = gw.wait_rows(5)
+    assert [r["request_id"] for r in rows][:2] == ["trace-42.a_b", streamed.response.headers["x-request-id"]]
+
+
+def test_behind_ray_serve_the_app_leaves_the_request_id_header_to_serve(upstreams, gateway, monkeypatch):
+    """Serve's ingress puts the id in the request's headers and sends it back itself; a second
+    header from the app would reach the client as "a, b" (tests/e2e checks the real ingress)."""
+    monkeypatch.setenv("K", "k")
+    behind_serve = gateway(providers(p=upstreams(OpenAIUpstream)), echo_request_id=False)
+    for stream in (False, True):
+        r = httpx.post(f"{behind_serve.url}/chat/completions", json={"model": "m", "messages": MSG, "stream": stream},
+                       headers={"Authorization": f"Bearer {KEY}", "x-request-id": "from-serve-1"})  # fmt: skip
+        assert r.status_code == 200 and "x-request-id" not in r.headers
+        assert b'"id":"chatcmpl-from-serve-1"' in r.content
