@@ -125,9 +125,17 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        # unknown paths and methods get the OpenAI error shape too
-        body = error_body(str(exc.detail), "invalid_request_error", None, None)
-        return Response(body, status_code=exc.status_code, media_type=JSON)
+        # unknown paths and methods get the OpenAI error shape too; a 405 keeps its Allow header
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({where}).", "unknown_url"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message, code = f"Method not allowed ({where}); this URL takes {allowed}.", "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        body = error_body(message, "invalid_request_error", None, code)
+        return Response(body, status_code=exc.status_code, media_type=JSON, headers=exc.headers)
 
     limit = settings.max_body_bytes
     # The generation routes are served by HotRoutes before FastAPI routes anything; the routes

@@ -55,6 +55,19 @@ def test_the_document_names_routes_bodies_and_models(gateway):
     assert doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["chat"]
 
 
+def test_unknown_urls_and_methods_are_named_in_the_error_shape(gateway):
+    missing = httpx.get(f"{gateway.url}/nope", headers=AUTH, timeout=10)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "message": "Invalid URL (GET /nope).", "type": "invalid_request_error", "param": None, "code": "unknown_url",
+    }  # fmt: skip
+    for method, path, allowed in (("GET", "/chat/completions", "POST"), ("DELETE", "/models", "GET")):
+        wrong = httpx.request(method, f"{gateway.url}{path}", headers=AUTH, timeout=10)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == allowed
+        error = wrong.json()["error"]
+        assert error["code"] == "method_not_allowed" and f"({method} {path}); this URL takes {allowed}" in error["message"]
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_gateway_holds_to_its_document(gateway_schema, mode):
     operations = [result.ok() for result in gateway_schema.get_all_operations()]
