@@ -4,11 +4,17 @@ Unknown fields are accepted and ignored (clients send many optional ones); known
 checked, strictly by JSON type, and a violation becomes a 400 that names the parameter and the
 real problem (for a field that takes several shapes, the problem with the shape the client sent). Lists are bounded
 as OpenAI bounds them: at most 2,048 messages and 2,048 embedding inputs.
+
+Parameters that would change what the answer is, and that the gateway cannot honour (tool
+calling, JSON mode, log probabilities, ...), are refused with a 400 (``unsupported_parameter``)
+rather than ignored: a client that asked for a tool call must not get plain text back as if it
+had not. Their neutral values (``"tools": []``, ``"logprobs": false``, ...) pass.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 
 import orjson
@@ -65,7 +71,17 @@ class StreamOptions(_Lenient):
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
 
+# name -> (whether a value is one the gateway honours (the neutral one), what the name asks for)
+Refused = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def _off(*neutral: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or any(value == n and type(value) is type(n) for n in neutral)
+
+
 class _Sampling(_Lenient):
+    REFUSED: ClassVar[Refused] = {}
+
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -98,6 +114,22 @@ class _Sampling(_Lenient):
 
 
 class ChatCompletionRequest(_Sampling):
+    """Tool calling (``tools``, ``functions``, ``tool_choice`` other than none/auto), a
+    ``response_format`` other than text, ``logprobs``/``top_logprobs`` and audio are refused
+    with a 400 (``unsupported_parameter``)."""
+
+    REFUSED: ClassVar[Refused] = {
+        "tools": (_off([]), "tool calling"),
+        "functions": (_off([]), "function calling"),
+        "tool_choice": (_off("none", "auto"), "tool calling"),
+        "function_call": (_off("none", "auto"), "function calling"),
+        "response_format": (lambda v: v is None or v == {"type": "text"}, "structured output (JSON mode)"),
+        "logprobs": (_off(False), "log probabilities"),
+        "top_logprobs": (_off(0), "log probabilities"),
+        "audio": (_off(), "audio output"),
+        "modalities": (_off(["text"]), "audio output"),
+    }
+
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
@@ -116,6 +148,16 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    """``logprobs``, ``echo``, ``best_of`` above 1 and ``suffix`` are refused with a 400
+    (``unsupported_parameter``)."""
+
+    REFUSED: ClassVar[Refused] = {
+        "logprobs": (_off(0), "log probabilities"),
+        "echo": (_off(False), "echoing the prompt"),
+        "best_of": (_off(1), "best-of sampling"),
+        "suffix": (_off(""), "insertion (suffix)"),
+    }
+
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
 
     @property
@@ -158,6 +200,13 @@ def parse_body(raw: bytes, schema: type[T]) -> T:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    for name, (honoured, what) in getattr(schema, "REFUSED", {}).items():
+        if name in data and not honoured(data[name]):
+            raise InvalidRequest(
+                f"'{name}' asks for {what}, which this gateway does not support; send the request without it.",
+                param=name,
+                code="unsupported_parameter",
+            )
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

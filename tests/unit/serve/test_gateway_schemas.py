@@ -123,3 +123,51 @@ def test_errors_name_the_real_problem(raw, schema, param, message):
     assert exc.value.param == param
     assert exc.value.message.startswith(message)
     assert "str" not in exc.value.message.split(":")[0]  # no pydantic shape names in the location
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("functions", [{"name": "f"}]),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("function_call", {"name": "f"}),
+        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ("logprobs", True),
+        ("top_logprobs", 3),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+    ],
+)
+def test_what_would_change_the_answer_is_refused_not_ignored(field, value):
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(orjson.dumps({**CHAT, field: value}), ChatCompletionRequest)
+    assert (exc.value.param, exc.value.code) == (field, "unsupported_parameter")
+    assert f"'{field}' asks for" in exc.value.message and "does not support" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": [], "tool_choice": "none", "functions": [], "function_call": "auto"},
+        {"response_format": {"type": "text"}, "logprobs": False, "top_logprobs": 0},
+        {"modalities": ["text"], "audio": None, "tools": None, "parallel_tool_calls": True, "user": "u-1"},
+    ],
+)
+def test_their_neutral_values_pass(extra):
+    assert parse_body(orjson.dumps({**CHAT, **extra}), ChatCompletionRequest).messages[0].text() == "hi"
+
+
+@pytest.mark.parametrize("field, value", [("logprobs", 5), ("echo", True), ("best_of", 3), ("suffix", "}")])
+def test_completions_refuse_what_they_cannot_honour(field, value):
+    raw = {"model": "m", "prompt": "x", field: value}
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(orjson.dumps(raw), CompletionRequest)
+    assert (exc.value.param, exc.value.code) == (field, "unsupported_parameter")
+    neutral = {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}[field]
+    assert parse_body(orjson.dumps({**raw, field: neutral}), CompletionRequest).prompt_text == "x"
