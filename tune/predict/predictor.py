@@ -1,9 +1,10 @@
 """The learned TTFT/TPOT predictor, its uncertainty and its versioned JSON artifacts.
 
 Prediction = calibrated roofline with its engine offset (:mod:`tune.predict.calibration`) x
-exp(learned residual + case shift), where the residual comes from one XGBoost booster per
+exp(learned residual + case shift), where the residual comes from an XGBoost booster per
 target trained on log(measured / calibrated) over the physics features of
-:mod:`tune.predict.features`.
+:mod:`tune.predict.features`. A target may have a second booster for ``seen`` rows (tuned to
+interpolate; :data:`tune.predict.training.SEEN_PARAMS`); the first predicts the other cases.
 
 Every row falls in one *case*, by what the training data held:
 
@@ -26,6 +27,8 @@ Artifacts (the shipped ones in ``tune/artifacts/``; trained versions in
 ``$FOUNDRY_HOME/tune/versions/<version>/``, see :class:`ArtifactStore`):
 
 * ``ttft.json``, ``tpot.json``: the boosters (``xgboost.Booster.save_model`` JSON);
+* ``ttft_seen.json`` (targets listed in the metadata's ``seen_boosters``): the booster of
+  seen rows;
 * ``metadata.json``: artifact version, feature names, calibration coefficients, interval
   quantiles, training-data hash, size and sources, xgboost parameters and version, and the
   cross-validation report.
@@ -76,9 +79,10 @@ __all__ = [
 ]
 
 ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "artifacts"
-ARTIFACT_VERSION = 3  # bump when features, calibration terms or interval fields change meaning
+ARTIFACT_VERSION = 4  # bump when features, calibration terms or interval fields change meaning
+# version 3 is version 4 without seen boosters (one booster per target for every case);
 # version 2 is version 3 without engine offsets (read as no offset)
-READABLE_ARTIFACT_VERSIONS = (2, ARTIFACT_VERSION)
+READABLE_ARTIFACT_VERSIONS = (2, 3, ARTIFACT_VERSION)
 METADATA_FILE = "metadata.json"
 CASES = ("seen", "unseen_model", "unseen_gpu", "unseen_model_gpu")
 LEVELS = tuple(round(q / 100, 2) for q in range(1, 100))  # stored quantile levels
@@ -114,19 +118,19 @@ def check_risk(risk: float) -> float:
 
 @dataclass
 class Predictor:
-    """Calibration plus one residual booster per target, with per-case interval quantiles."""
+    """Calibration plus a residual booster per target (and, for some targets, one for seen
+    rows: ``seen_boosters``), with per-case interval quantiles."""
 
     calibration: Calibration
     boosters: dict[str, xgboost.Booster]
     metadata: dict[str, Any] = field(default_factory=dict)
+    seen_boosters: dict[str, xgboost.Booster] = field(default_factory=dict)
 
     # ----- persistence ------------------------------------------------------------------
     @classmethod
     def load(cls, directory: str | Path | None = None) -> Predictor:
         """Load artifacts: ``directory``, else the active version of the default
         :class:`ArtifactStore` if there is one, else the shipped ``tune/artifacts``."""
-        import xgboost
-
         if directory is not None:
             root = Path(directory)
         else:
@@ -147,30 +151,28 @@ class Predictor:
             )
         if metadata.get("feature_names") != FEATURE_NAMES:
             raise ArtifactError(f"{meta_path} was trained on other features; retrain")
-        boosters = {}
-        for target in TARGETS:
-            booster = xgboost.Booster()
-            try:
-                booster.load_model(str(root / f"{target}.json"))
-            except xgboost.core.XGBoostError as exc:
-                raise ArtifactError(f"cannot load {root / f'{target}.json'}: {exc}") from exc
-            booster.set_param({"nthread": 1})
-            boosters[target] = booster
+        boosters = {t: _load_booster(root / f"{t}.json") for t in TARGETS}
+        seen_boosters = {t: _load_booster(root / f"{t}_seen.json")
+                         for t in metadata.get("seen_boosters", [])}
         metadata.setdefault("loaded_from", str(root))
-        return cls(Calibration.from_json(metadata["calibration"]), boosters, metadata)
+        return cls(Calibration.from_json(metadata["calibration"]), boosters, metadata,
+                   seen_boosters)
 
     def save(self, directory: str | Path | None = None) -> list[Path]:
         """Write the artifacts; returns the files written."""
         root = Path(directory) if directory else ARTIFACT_DIR
         root.mkdir(parents=True, exist_ok=True)
         written = []
-        for target, booster in self.boosters.items():
-            path = root / f"{target}.json"
+        boosters = [(f"{t}.json", b) for t, b in self.boosters.items()]
+        boosters += [(f"{t}_seen.json", b) for t, b in self.seen_boosters.items()]
+        for name, booster in boosters:
+            path = root / name
             booster.save_model(str(path))
             written.append(path)
         metadata = {
             **{k: v for k, v in self.metadata.items() if k != "loaded_from"},
             "artifact_version": ARTIFACT_VERSION,
+            "seen_boosters": sorted(self.seen_boosters),
             "feature_names": FEATURE_NAMES,
             "calibration": self.calibration.to_json(),
         }
@@ -231,12 +233,16 @@ class Predictor:
     def raw_log_predict(self, features: Features) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(log of the unshifted prediction per target, case per row)."""
         cases = self.cases(features.frame)
+        seen = cases == CASES[0]
         out = {}
         for target in TARGETS:
             base = self.calibration.estimate(target, features.physics, features.roofline,
                                              engine_keys(features.frame))
             x = np.column_stack([features.matrix, np.log(base)]).astype(np.float32)
             residual = np.asarray(self.boosters[target].inplace_predict(x), dtype=float)
+            own = self.seen_boosters.get(target)
+            if own is not None and seen.any():
+                residual[seen] = own.inplace_predict(x[seen])
             out[target] = np.log(base) + self.residual_weights(cases, target) * residual
         return out, cases
 
@@ -292,6 +298,18 @@ class Predictor:
         return self.predict(frame.iloc[keep], gpus=gpus, risk=risk), invalid
 
 
+def _load_booster(path: Path) -> xgboost.Booster:
+    import xgboost
+
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(str(path))
+    except xgboost.core.XGBoostError as exc:
+        raise ArtifactError(f"cannot load {path}: {exc}") from exc
+    booster.set_param({"nthread": 1})
+    return booster
+
+
 _PREDICTED = (
     "pred_ttft_ms", "pred_tpot_ms", "pred_e2e_ms", "pred_output_tps_per_gpu",
     "pred_ttft_ms_p90", "pred_tpot_ms_p90", "pred_case",
@@ -301,7 +319,7 @@ _PREDICTED = (
 class ArtifactStore:
     """Trained predictor versions under one directory (``$FOUNDRY_HOME/tune`` by default)::
 
-        versions/v0001/{ttft.json, tpot.json, metadata.json}
+        versions/v0001/{ttft.json, tpot.json, ttft_seen.json, metadata.json}
         versions/v0002/...
         active            the name of the version that predicts (one line)
 

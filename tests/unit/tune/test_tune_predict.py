@@ -42,7 +42,7 @@ def test_shipped_artifacts_are_versioned_json_and_small():
     assert meta["artifact_version"] >= 1 and len(meta["training_data_sha256"]) == 64
     assert meta["feature_names"] and meta["calibration"]["tpot"]
     total = sum(p.stat().st_size for p in ARTIFACT_DIR.glob("*.json"))
-    assert total < 5_000_000
+    assert total < 7_000_000  # three boosters of ~2 MB (TTFT has one for seen rows)
 
 
 def test_predictions_follow_the_definitions(predictor: Predictor):

@@ -43,7 +43,8 @@ def test_train_save_load_round_trip(tmp_path: Path):
     data = synthetic()
     predictor = train(data, params=SMALL)
     files = predictor.save(tmp_path)
-    assert sorted(p.name for p in files) == ["metadata.json", "tpot.json", "ttft.json"]
+    assert sorted(p.name for p in files) == ["metadata.json", "tpot.json", "ttft.json",
+                                             "ttft_seen.json"]
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert meta["training_rows"] == len(data)
     assert meta["training_data_sha256"] == data_hash(data.sample(frac=1, random_state=1))
@@ -165,3 +166,50 @@ def test_unseen_rows_damp_the_learned_residual_per_target():
     tpot = predictor.calibration.estimate("tpot", feats.physics, feats.roofline,
                                           engine_keys(feats.frame))
     assert np.abs(log_pred["tpot"] - np.log(tpot)).max() > 1e-3  # the full residual
+
+
+def test_seen_rows_are_predicted_by_their_own_booster(tmp_path: Path):
+    """A target with seen parameters gets a second booster: rows of a trained architecture and
+    GPU use it, unseen rows the first one (damped); both survive save and load."""
+    from tune.predict.features import build_features
+    from tune.predict.predictor import engine_keys
+
+    data = synthetic(240, seed=8)
+    held_out = data["model_path"] == "openai/gpt-oss-120b"
+    predictor = train(data[~held_out], params=SMALL,
+                      seen_params={"ttft": {"max_depth": 6, "n_estimators": 60}})
+    assert set(predictor.seen_boosters) == {"ttft"}
+    predictor.save(tmp_path)
+    assert not (tmp_path / "tpot_seen.json").exists()
+    loaded = Predictor.load(tmp_path)
+    assert set(loaded.seen_boosters) == {"ttft"}
+    feats = build_features(data)
+    log_pred, cases = loaded.raw_log_predict(feats)
+    seen = cases == "seen"
+    assert seen.any() and set(cases[~seen]) == {"unseen_model"}
+    base = np.log(loaded.calibration.estimate("ttft", feats.physics, feats.roofline,
+                                              engine_keys(feats.frame)))
+    x = np.column_stack([feats.matrix, base]).astype(np.float32)
+    own = loaded.seen_boosters["ttft"].inplace_predict(x)
+    shared = loaded.boosters["ttft"].inplace_predict(x)
+    assert np.abs(own - shared)[seen].max() > 1e-3  # two different boosters
+    np.testing.assert_allclose(log_pred["ttft"][seen], (base + own)[seen], rtol=1e-5)
+    weight = loaded.residual_weights(cases, "ttft")
+    np.testing.assert_allclose(log_pred["ttft"][~seen], (base + weight * shared)[~seen],
+                               rtol=1e-5)
+
+
+def test_version_3_artifacts_with_one_booster_per_target_still_load(tmp_path: Path):
+    data = synthetic(120)
+    predictor = train(data, params=SMALL, seen_params={})
+    assert predictor.seen_boosters == {}
+    predictor.save(tmp_path)
+    assert not (tmp_path / "ttft_seen.json").exists()
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    meta.pop("seen_boosters")
+    meta["artifact_version"] = 3
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    loaded = Predictor.load(tmp_path)
+    assert loaded.seen_boosters == {}
+    pd.testing.assert_frame_equal(loaded.predict(data), predictor.predict(data),
+                                  check_exact=False, rtol=1e-5)
