@@ -7,6 +7,8 @@ Three ways to reach it, each driven closed-loop at concurrency 16 and 128, strea
     direct    client → upstream
     foundry   client → Serve's HAProxy ingress → Foundry gateway replica → upstream
     litellm   client → LiteLLM proxy (one worker) → upstream
+    floor     client → Serve's HAProxy ingress → a logic-free proxy replica → upstream
+              (opt-in: benchmarks/serve_floor.py; what Serve itself costs)
 
 Both gateways authenticate a key (LiteLLM's master key, a Foundry admin key) and route to the
 same upstream; Foundry also records every request in its metrics store. LiteLLM is installed
@@ -17,7 +19,8 @@ and foundry/litellm (req/s, p50), each gateway's p50 overhead over direct, and F
 concurrency 128 over its own at 16 (more clients must not mean less work done).
 
     FOUNDRY_BENCH_DURATION_S=12           measured seconds per target and mode (after 2 s warm-up)
-    FOUNDRY_BENCH_TARGETS=direct,foundry  a subset (default all three; LiteLLM is the slow one to set up)
+    FOUNDRY_BENCH_TARGETS=direct,foundry  a subset (default direct,foundry,litellm; LiteLLM is the slow
+                                          one to set up); add floor (needs foundry) for Serve's floor
     FOUNDRY_BENCH_CLIENT=httpx            the load generator of the first runs (default aiohttp; see load_aiohttp)
     FOUNDRY_BENCH_GATEWAY_REPLICAS=2      gateway replicas (default 1, the config's default)
 """
@@ -172,9 +175,9 @@ def main(out_dir: Path) -> dict:
     names = [n for n in os.environ.get("FOUNDRY_BENCH_TARGETS", "direct,foundry,litellm").split(",") if n]
     if CLIENT not in ("aiohttp", "httpx"):
         raise ValueError(f"FOUNDRY_BENCH_CLIENT: aiohttp or httpx (got {CLIENT!r})")
-    unknown = set(names) - {"direct", "foundry", "litellm"}
-    if unknown or "direct" not in names:
-        raise ValueError(f"FOUNDRY_BENCH_TARGETS: direct plus any of foundry, litellm (got {names})")
+    unknown = set(names) - {"direct", "foundry", "litellm", "floor"}
+    if unknown or "direct" not in names or ("floor" in names and "foundry" not in names):
+        raise ValueError(f"FOUNDRY_BENCH_TARGETS: direct plus any of foundry, litellm, floor (with foundry) (got {names})")
     work = Path(tempfile.mkdtemp(prefix="foundry-bench-litellm-"))
     up_port, gw_port, ll_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen] = []
@@ -234,6 +237,14 @@ def main(out_dir: Path) -> dict:
             stack = Stack(cfg, home=work / "home", port=gw_port)
             stack.start()
             targets["foundry"] = (f"http://127.0.0.1:{gw_port}/v1/chat/completions", auth)
+        if "floor" in names:
+            from ray import serve
+
+            from benchmarks.serve_floor import build_floor
+
+            floor = build_floor(f"{upstream}/chat/completions", num_cpus=cfg.gateway.num_cpus)
+            serve.run(floor, name="floor", route_prefix="/floor")
+            targets["floor"] = (f"http://127.0.0.1:{gw_port}/floor/chat/completions", {})
         if "litellm" in names:
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", 120)
             targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions", auth)
@@ -275,7 +286,7 @@ def summarize(results: dict) -> dict:
     for mode, r in results.items():
         d = r["direct"]
         row: dict = {"direct_rps": d["rps"], "direct_p50_ms": d["p50_ms"], "loadavg_1m": r.get("loadavg_1m")}
-        for name in ("foundry", "litellm"):
+        for name in ("foundry", "litellm", "floor"):
             if name in r:
                 g = r[name]
                 row[f"{name}_rps"] = g["rps"]
@@ -285,6 +296,8 @@ def summarize(results: dict) -> dict:
                 row[f"{name}_p50_overhead_ms"] = (
                     round(g["p50_ms"] - d["p50_ms"], 2) if g["p50_ms"] and d["p50_ms"] else None
                 )
+        if "foundry" in r and "floor" in r:
+            row["rps_ratio_foundry_over_floor"] = _ratio(r["foundry"]["rps"], r["floor"]["rps"])
         if "foundry" in r and "litellm" in r:
             row["rps_ratio_foundry_over_litellm"] = _ratio(r["foundry"]["rps"], r["litellm"]["rps"])
             row["p50_ratio_foundry_over_litellm"] = _ratio(r["foundry"]["p50_ms"], r["litellm"]["p50_ms"], 3)
