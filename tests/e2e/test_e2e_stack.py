@@ -268,7 +268,7 @@ def test_response_headers_and_prometheus_metrics(stack):
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     body = {"model": "foundry-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     with httpx.Client(base_url=stack.base_url, headers=headers, timeout=60) as http:
-        sent(2)
+        sent(3)  # plain, streamed, traced (the /api call makes no gateway row)
         plain = http.post("/chat/completions", json=body)
         traced = http.post("/chat/completions", json=body, headers={"x-request-id": "e2e-trace.1"})
         control = http.get(f"{stack.api_url}/nope")
