@@ -93,8 +93,9 @@ def create_app(
         limiter = build_limiter(limits)
         await limiter.start()
         service = GatewayService(
-            routes=routes, keys=keys, limiter=limiter, recorder=recorder, telemetry=Telemetry(cluster=ray.is_initialized())
-        )
+            routes=routes, keys=keys, limiter=limiter, recorder=recorder,
+            telemetry=Telemetry(cluster=ray.is_initialized()), echo_request_id=echo_request_id,
+        )  # fmt: skip
         app.state.gateway = service
         try:
             yield
@@ -140,7 +141,7 @@ def create_app(
     limit = settings.max_body_bytes
     # The generation routes are served by HotRoutes before FastAPI routes anything; the routes
     # below describe them in /openapi.json and serve them the same way if it is left out.
-    app.add_middleware(HotRoutes, limit=limit, echo_request_id=echo_request_id)
+    app.add_middleware(HotRoutes, limit=limit)
 
     async def with_body(request: Request, endpoint: str, handle) -> Response:
         svc: GatewayService = request.app.state.gateway
@@ -154,8 +155,6 @@ def create_app(
             return Response(status_code=499)
         else:
             reply = await handle(svc, auth, raw, rid)
-        if not echo_request_id:
-            reply.headers.pop("x-request-id", None)
         return _respond(reply)
 
     @app.post("/chat/completions")
@@ -198,12 +197,11 @@ class HotRoutes:
     Same bytes out as the FastAPI routes: status, headers (``content-length`` or, for streams,
     ``cache-control: no-cache`` and ``text/event-stream; charset=utf-8``) and body; a client
     that disconnects mid-stream cancels it. Everything else goes on to FastAPI. The request's
-    ``x-request-id`` is its id (:mod:`serve.request_id`); ``echo_request_id`` sends it back."""
+    ``x-request-id`` is its id (:mod:`serve.request_id`)."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, echo_request_id: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self.echo_request_id = echo_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -233,8 +231,6 @@ class HotRoutes:
             return
         else:
             reply = await handle(svc, auth, raw, rid)
-        if not self.echo_request_id:
-            reply.headers.pop("x-request-id", None)
         if reply.stream is None:
             media_type = reply.headers.pop("content-type", JSON)
             headers = _raw_headers(reply.headers)

@@ -70,10 +70,11 @@ class _Tracker:
 
     __slots__ = ("rec", "t0", "outcome", "headers", "ticket", "raw", "route")
 
-    def __init__(self, endpoint: str, request_id: str, raw: bytes | None) -> None:
+    def __init__(self, endpoint: str, request_id: str | None, raw: bytes | None, *, echo: bool) -> None:
+        request_id = request_id or new_request_id()
         self.t0 = time.perf_counter()
         self.outcome = Outcome()
-        self.headers = {"x-request-id": request_id}
+        self.headers = {"x-request-id": request_id} if echo else {}
         self.ticket: Ticket | None = None
         self.raw = raw  # to name the model in the record of a body that did not validate
         self.route: ModelRoute | None = None  # the request's route, kept even if it is removed meanwhile
@@ -111,8 +112,12 @@ class _Tracker:
 
 class GatewayService:
     def __init__(
-        self, *, routes: RouteTable, keys: KeyCache, limiter: Limiter, recorder: MetricsRecorder, telemetry: Telemetry
+        self, *, routes: RouteTable, keys: KeyCache, limiter: Limiter, recorder: MetricsRecorder, telemetry: Telemetry,
+        echo_request_id: bool = True,
     ) -> None:
+        """``echo_request_id=False`` behind Ray Serve, whose ingress sends the ``x-request-id``
+        back itself (:mod:`serve.request_id`): replies then leave it out."""
+        self._echo = echo_request_id
         self._routes = routes
         self._router = routes.router
         self._keys = keys
@@ -135,7 +140,7 @@ class GatewayService:
         return await self._generate(TEXT, authorization, raw, request_id)
 
     async def embeddings(self, authorization: str | None, raw: bytes, request_id: str | None = None) -> Reply:
-        track = _Tracker("embeddings", request_id or new_request_id(), raw)
+        track = _Tracker("embeddings", request_id, raw, echo=self._echo)
         try:
             key = await self._keys.authenticate(authorization)
             track.key(key)
@@ -161,7 +166,7 @@ class GatewayService:
         self, endpoint: str, authorization: str | None, err: GatewayError, request_id: str | None = None
     ) -> Reply:
         """A request refused before its body was read (too large): still one metrics row."""
-        track = _Tracker(endpoint, request_id or new_request_id(), None)
+        track = _Tracker(endpoint, request_id, None, echo=self._echo)
         try:
             track.key(await self._keys.authenticate(authorization))
         except GatewayError as auth_err:
@@ -190,7 +195,7 @@ class GatewayService:
     # --- generation ------------------------------------------------------------------------
 
     async def _generate(self, kind: _Kind, authorization: str | None, raw: bytes, request_id: str | None) -> Reply:
-        track = _Tracker(kind.endpoint, request_id or new_request_id(), raw)
+        track = _Tracker(kind.endpoint, request_id, raw, echo=self._echo)
         completion_id = kind.id_prefix + track.rec.request_id
         streaming = False
         try:
