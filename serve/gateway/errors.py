@@ -25,7 +25,8 @@ this table (``serve.providers.errors`` names the failures)::
     UpstreamStatus 429              -> UpstreamRateLimited
     UpstreamStatus 401/403/404      -> UpstreamRejected
     UpstreamStatus other            -> UpstreamFailed
-    UnsupportedOperation            -> InvalidRequest           (code unsupported_operation)
+    UnsupportedOperation            -> InvalidRequest           (code unsupported_operation, or
+                                                                 unsupported_parameter with its param)
     UpstreamTimeout                 -> UpstreamTimedOut
     UpstreamProtocolError           -> UpstreamInvalidResponse
     UpstreamConnectError, others    -> ProviderUnavailable
@@ -211,7 +212,7 @@ def _status(exc: UpstreamStatus) -> GatewayError:
 _FROM_PROVIDER: dict[type[ProviderError], Callable[..., GatewayError]] = {
     UpstreamStatus: _status,
     UnsupportedOperation: lambda exc: InvalidRequest(
-        f"The model's provider {exc.provider} cannot do this: {exc.message}", code=exc.code),
+        f"The model's provider {exc.provider} cannot do this: {exc.message}", param=exc.param, code=exc.code),
     UpstreamTimeout: lambda exc: UpstreamTimedOut(f"Timed out: {exc.message}."),
     UpstreamProtocolError: lambda exc: UpstreamInvalidResponse(f"The provider {exc.provider} sent an invalid response."),
 }  # fmt: skip

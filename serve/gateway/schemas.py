@@ -8,7 +8,9 @@ as OpenAI bounds them: at most 2,048 messages and 2,048 embedding inputs.
 Parameters that would change what the answer is, and that the gateway cannot honour (tool
 calling, JSON mode, log probabilities, ...), are refused with a 400 (``unsupported_parameter``)
 rather than ignored: a client that asked for a tool call must not get plain text back as if it
-had not. Their neutral values (``"tools": []``, ``"logprobs": false``, ...) pass.
+had not. Their neutral values (``"tools": []``, ``"logprobs": false``, ...) pass. The
+penalties and ``logit_bias`` are honoured: they travel in :class:`SamplingParams` to the
+runtimes and OpenAI-compatible providers, and a provider without them refuses them by name.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from serve.gateway.errors import InvalidRequest
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams
 
 MAX_MESSAGES = 2048
 MAX_EMBEDDING_INPUTS = 2048
+MAX_LOGIT_BIAS = 2048  # token ids in one logit_bias, bounded as the lists are
 MAX_TOKENS = 2**31 - 1  # integer parameters are bounded, as JSON numbers in other servers are
 INT64 = 2**63
 
@@ -69,6 +72,17 @@ class StreamOptions(_Lenient):
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
+TOKEN_ID = r"^[0-9]{1,9}$"
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=TOKEN_ID)], Annotated[float, Field(ge=-100, le=100)]],
+    Field(max_length=MAX_LOGIT_BIAS),
+    WithJsonSchema({  # pydantic writes the key pattern as patternProperties, which lets other keys pass
+        "type": "object", "maxProperties": MAX_LOGIT_BIAS, "propertyNames": {"pattern": TOKEN_ID},
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        "description": "token id (of the model's tokenizer) -> bias added to its logit",
+    }),
+]
+Penalty = Annotated[float | None, Field(default=None, ge=-2, le=2)]
 
 
 # name -> (whether a value is one the gateway honours (the neutral one), what the name asks for)
@@ -89,6 +103,9 @@ class _Sampling(_Lenient):
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Stop = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    logit_bias: LogitBias | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -110,6 +127,9 @@ class _Sampling(_Lenient):
             top_p=1.0 if self.top_p is None else self.top_p,
             seed=self.seed,
             stop=self.stop_tuple,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=tuple(sorted((int(k), float(v)) for k, v in self.logit_bias.items())) if self.logit_bias else (),
         )
 
 
@@ -226,7 +246,11 @@ def _describe(exc: ValidationError, data: dict) -> tuple[str, str | None]:
     if kind == "missing":
         return f"Missing required parameter: '{where}'.", param
     if kind == "too_long":
-        return f"'{where}' has {ctx.get('actual_length')} items; at most {ctx.get('max_length')} are allowed.", param
+        count = ctx.get("actual_length") or len(err["input"])  # pydantic counts no dict's items
+        return f"'{where}' has {count} items; at most {ctx.get('max_length')} are allowed.", param
+    if path[-1:] == ["[key]"]:  # logit_bias' keys, the only constrained ones
+        return (f"Invalid key {path[-2]!r} in '{'.'.join(map(str, path[:-2]))}': keys are token ids,"
+                ' integers written as strings ("50256").'), param
     if kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
         return f"'{where}' must not be empty.", param
     return f"Invalid value for '{where}': {err['msg'].removeprefix('Value error, ')}.", param

@@ -7,6 +7,7 @@ from serve.providers.base import Provider
 from serve.providers.errors import (
     ProviderError,
     UnsupportedOperation,
+    UnsupportedParameter,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamStatus,
@@ -19,6 +20,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "UnsupportedOperation",
+    "UnsupportedParameter",
     "UpstreamConnectError",
     "UpstreamProtocolError",
     "UpstreamStatus",

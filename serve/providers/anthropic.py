@@ -11,7 +11,10 @@ Request (``POST {base_url}/v1/messages``, headers ``x-api-key`` and ``anthropic-
     temperature                      ->  temperature, clamped to [0, 1]
     top_p                            ->  top_p, only when < 1 (recent models refuse both)
     stop                             ->  stop_sequences
-    seed                             ->  (dropped: no equivalent)
+    seed                             ->  (dropped: no equivalent; OpenAI's is best effort too)
+    presence_penalty, frequency_penalty, logit_bias
+                                     ->  refused when set (UnsupportedParameter, a 400 naming
+                                         it): no equivalent, and dropping them changes the answer
 
 Answer: :meth:`AnthropicMessagesProvider.generate` requests a stream, :meth:`complete` one
 ``message`` body (``stream: false``; its text blocks joined, ``stop_reason`` and ``usage`` as
@@ -42,7 +45,13 @@ import orjson
 from serve.config import AnthropicProvider
 from serve.providers._http import UpstreamClient
 from serve.providers._sse import ServerSentEvent
-from serve.providers.errors import ProviderError, UnsupportedOperation, UpstreamConnectError, UpstreamStatus
+from serve.providers.errors import (
+    ProviderError,
+    UnsupportedOperation,
+    UnsupportedParameter,
+    UpstreamConnectError,
+    UpstreamStatus,
+)
 from serve.runtimes.engine import ChatMessage, EmbeddingResult, GenerateRequest, TokenDelta
 
 MESSAGES_PATH = "/v1/messages"
@@ -155,6 +164,10 @@ class AnthropicMessagesProvider:
     def request_body(self, request: GenerateRequest, *, stream: bool = True) -> dict[str, Any]:
         """The Messages API body for ``request``."""
         params = request.params
+        for name, value in (("logit_bias", params.logit_bias), ("presence_penalty", params.presence_penalty),
+                            ("frequency_penalty", params.frequency_penalty)):  # fmt: skip
+            if value:
+                raise UnsupportedParameter(self.name, name, f"Anthropic's Messages API has no '{name}'; send the request without it.")
         if request.messages is not None:
             system, messages = to_anthropic_messages(request.messages)
         else:

@@ -6,6 +6,7 @@
     ├── UpstreamTimeout            no first token within ttft_ms, a stall longer than total_ms
     ├── UpstreamProtocolError      the upstream answered something we cannot parse
     └── UnsupportedOperation       the provider has no such API (embeddings on Anthropic)
+        └── UnsupportedParameter   nor this parameter (logit_bias on Anthropic); names it
 
 ``retryable`` decides whether the next attempt (same provider after backoff, or the next
 provider) may be tried: connect errors, timeouts, 408/409/429/5xx are; other 4xx are not (the
@@ -68,6 +69,18 @@ class UnsupportedOperation(ProviderError):
 
     retryable = False
     code = "unsupported_operation"
+    param: str | None = None
+
+
+class UnsupportedParameter(UnsupportedOperation):
+    """The provider has no equivalent of a parameter that would change the answer: sending the
+    request without it would answer another question."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, provider: str, param: str, message: str) -> None:
+        super().__init__(provider, message)
+        self.param = param
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -141,6 +141,12 @@ class OpenAICompatibleProvider:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if params.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
         return body
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from serve.runtimes.engine import ChatMessage, InvalidRequest
+from serve.runtimes.engine import ChatMessage, InvalidRequest, SamplingParams
 
 
 def render_chat(tokenizer: Any, messages: tuple[ChatMessage, ...], model_name: str) -> str:
@@ -85,10 +85,22 @@ def length_error(
     return None
 
 
-def check_params(max_tokens: int, temperature: float, top_p: float) -> None:
-    if max_tokens < 1:
+def check_params(params: SamplingParams, vocab_size: int) -> None:
+    """The parameters a runtime cannot serve, as a 400 naming the parameter (the gateway has
+    checked their ranges already; direct callers of an engine have not)."""
+    if params.max_tokens < 1:
         raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-    if temperature < 0:
+    if params.temperature < 0:
         raise InvalidRequest("temperature must be >= 0", param="temperature")
-    if not 0 < top_p <= 1:
+    if not 0 < params.top_p <= 1:
         raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -2 <= getattr(params, name) <= 2:
+            raise InvalidRequest(f"{name} must be in [-2, 2]", param=name)
+    outside = [token for token, _ in params.logit_bias if not 0 <= token < vocab_size]
+    if outside:
+        raise InvalidRequest(
+            f"logit_bias names token ids outside the model's vocabulary (0 to {vocab_size - 1}): "
+            + ", ".join(map(str, outside[:5])) + (", ..." if len(outside) > 5 else ""),
+            param="logit_bias",
+        )

@@ -70,6 +70,7 @@ class _Sequence:
     generator: torch.Generator | None = None
     prompt_ids: list[int] = field(default_factory=list)
     completion_tokens: int = 0
+    counts: dict[int, int] = field(default_factory=dict)  # completion token id -> count, when penalised
     cancelled: bool = False  # set by the consumer; the scheduler drops the row at its next step
 
 
@@ -167,6 +168,7 @@ class CPUEngine:
         self.max_model_len = max_model_len or context or 2048
         self._max_num_seqs, self._max_queued = max_num_seqs, max_queued
         self._eos_ids = _eos_ids(self._model, self._tokenizer)
+        self._vocab_size = int(self._model.get_output_embeddings().weight.shape[0])
         pad = self._tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(self._eos_ids, default=0)
         forward_params = inspect.signature(self._model.forward).parameters
@@ -192,7 +194,7 @@ class CPUEngine:
     async def generate(
         self, prompt: str, params: SamplingParams, request_id: str, *, prompt_param: str = "prompt"
     ) -> AsyncIterator[TokenDelta]:
-        _validate(params)
+        check_params(params, self._vocab_size)
         # here, not in the scheduler thread: a long prompt must not hold up every running request
         prompt_ids = await tokenize(
             self._tokenizer, prompt, max_tokens=params.max_tokens, limit=self.max_model_len,
@@ -321,7 +323,8 @@ class CPUEngine:
 
     def _advance(self, batch: _Batch, logits: torch.Tensor) -> None:
         """Sample each row's next token, stream it, and drop the rows that finished."""
-        tokens = sample(logits, [s.params for s in batch.seqs], [s.generator for s in batch.seqs])
+        seqs = batch.seqs
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], [s.counts for s in seqs])
         batch.next_ids = torch.tensor(tokens, dtype=torch.long)
         deltas = [(seq, self._delta(seq, token)) for seq, token in zip(batch.seqs, tokens) if not seq.cancelled]
         _post(deltas)
@@ -330,6 +333,8 @@ class CPUEngine:
 
     def _delta(self, seq: _Sequence, token: int) -> TokenDelta:
         seq.completion_tokens += 1
+        if seq.params.penalised:
+            seq.counts[token] = seq.counts.get(token, 0) + 1
         finish = None
         if token in self._eos_ids:
             text, finish = seq.stream.finish(), "stop"
@@ -355,10 +360,6 @@ class CPUEngine:
 
 def _fail(seqs: list[_Sequence], message: str) -> None:
     _post([(seq, EngineError(f"{message} (request {seq.request_id})")) for seq in seqs if not seq.cancelled])
-
-
-def _validate(params: SamplingParams) -> None:
-    check_params(params.max_tokens, params.temperature, params.top_p)
 
 
 def _context_length(config: Any) -> int | None:

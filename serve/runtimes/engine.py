@@ -24,13 +24,26 @@ from serve.errors import FoundryError
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-request decoding parameters. ``temperature == 0`` means greedy decoding.
-    ``max_tokens=None``: the client set no limit; each runtime or provider applies its default."""
+    ``max_tokens=None``: the client set no limit; each runtime or provider applies its default.
+
+    The logit adjustments are OpenAI's, applied before temperature and top-p (greedy rows too):
+    ``logit_bias`` adds its value to each listed token id's logit; ``frequency_penalty``
+    subtracts ``penalty * count`` and ``presence_penalty`` subtracts ``penalty`` once for each
+    token the completion has produced so far (the prompt does not count)."""
 
     max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids ascending
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the completion's own tokens change its next logits."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
 
 @dataclass(frozen=True, slots=True)

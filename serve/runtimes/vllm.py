@@ -115,6 +115,7 @@ class VLLMEngine:
         self._token_chars = max_token_chars(self._tokenizer)
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self.metrics.stat_logger])
         self.max_model_len = int(self._llm.model_config.max_model_len)
+        self._vocab_size = int(self._llm.model_config.get_vocab_size())
 
     def render_chat(self, messages: tuple[ChatMessage, ...]) -> str:
         return render_chat(self._tokenizer, messages, self.model_name)
@@ -130,7 +131,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-        check_params(params.max_tokens, params.temperature, params.top_p)
+        check_params(params, self._vocab_size)
         prompt_ids = await tokenize(
             self._tokenizer, prompt, max_tokens=params.max_tokens, limit=self.max_model_len,
             model_name=self.model_name, token_chars=self._token_chars, param=prompt_param,
@@ -167,6 +168,9 @@ class VLLMEngine:
             top_p=params.top_p,
             seed=params.seed,
             stop=list(params.stop) or None,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            logit_bias=dict(params.logit_bias) or None,
             output_kind=RequestOutputKind.DELTA,
         )
 

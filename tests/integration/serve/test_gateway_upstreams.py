@@ -108,6 +108,44 @@ model = "claude-test"
     assert {r["provider"] for r in rows} == {"openai:p", "together:p", "azure:p", "anthropic:p"}
 
 
+def test_penalties_and_logit_bias_go_upstream_or_are_refused_by_name(upstreams, gateway, monkeypatch):
+    oa = upstreams(OpenAIUpstream, api_key="oa-key")
+    an = upstreams(AnthropicUpstream, api_key="an-key")
+    monkeypatch.setenv("OA_KEY", "oa-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "an-key")
+    gw = gateway(
+        f"""
+[models.oa.providers.p]
+type = "openai"
+base_url = "{oa.url}"
+api_key_env = "OA_KEY"
+[models.an.providers.p]
+type = "anthropic"
+base_url = "{an.url}"
+model = "claude-test"
+"""
+    )
+    with client(gw) as c:
+        shaping = {"presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"50256": -100, "7": 3}}
+        for stream in (False, True):
+            answer = c.chat.completions.create(model="oa", messages=MSG, max_tokens=5, stream=stream, **shaping)
+            if stream:
+                list(answer)  # read to the end
+            sent = oa.requests[-1].json
+            assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, -1.0)
+            assert sent["logit_bias"] == {"7": 3.0, "50256": -100.0}
+        for name, value in shaping.items():
+            with pytest.raises(openai.BadRequestError) as refused:
+                c.chat.completions.create(model="an", messages=MSG, max_tokens=5, **{name: value})
+            error = refused.value.body
+            assert (error["param"], error["code"]) == (name, "unsupported_parameter")
+            assert f"no '{name}'" in error["message"]
+        assert an.request_count == 0  # refused before anything was sent
+        assert c.chat.completions.create(model="an", messages=MSG, max_tokens=5, presence_penalty=0).choices
+    rows = gw.wait_rows(6)
+    assert sorted(r["status"] for r in rows) == [200, 200, 200, 400, 400, 400]
+
+
 def test_primary_killed_under_load_loses_no_unstarted_request(upstreams, gateway, monkeypatch):
     monkeypatch.setenv("K", "k")
     primary = upstreams(OpenAIUpstream, latency_s=0.02, record=False)

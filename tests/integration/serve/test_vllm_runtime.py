@@ -148,6 +148,22 @@ def test_same_seed_same_text_other_seed_differs(client):
     assert others != {a}
 
 
+def test_logit_bias_and_penalties_reach_the_engine(client, tmp_path):
+    from transformers import AutoTokenizer
+
+    from serve.runtimes.tiny import resolve_model
+
+    decode = AutoTokenizer.from_pretrained(resolve_model("builtin:foundry-tiny", tmp_path)).decode
+    forced = chat(client, max_tokens=5, temperature=0, logit_bias={"300": 100})
+    assert forced.choices[0].message.content == decode([300] * 5)
+    for prompt, penalty in (("Hello", {"presence_penalty": -2.0}), ("Tell me about the weather", {"frequency_penalty": 2.0})):
+        plain = chat(client, prompt, max_tokens=40, temperature=0).choices[0].message.content
+        assert chat(client, prompt, max_tokens=40, temperature=0, **penalty).choices[0].message.content != plain, penalty
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(client, max_tokens=5, logit_bias={"99999999": 5})
+    assert refused.value.body["param"] == "logit_bias" and "vocabulary" in refused.value.body["message"]
+
+
 def test_too_long_prompt_is_a_400_with_the_numbers(stack):
     body = {"model": RUNTIME, "prompt": "hello " * 2100, "max_tokens": 4}
     r = httpx.post(f"{stack.gateway_url}/completions", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)

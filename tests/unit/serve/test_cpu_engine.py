@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from serve.runtimes.cpu import CPUEngine
 from serve.runtimes.engine import (
@@ -134,6 +134,49 @@ async def test_vanishing_temperature_or_top_p_decodes_greedily(engine: CPUEngine
     tiny_temperature, _ = await collect(engine, PROMPT, SamplingParams(max_tokens=24, temperature=1e-9, seed=1))
     assert tiny_top_p == greedy
     assert tiny_temperature == greedy
+
+
+async def test_logit_bias_forces_and_bans_tokens(engine: CPUEngine, tiny_model_dir: Path) -> None:
+    greedy = hf_greedy_ids(tiny_model_dir, PROMPT, 6)
+    decode = AutoTokenizer.from_pretrained(tiny_model_dir).decode
+    forced = next(t for t in range(100, 1000) if t not in greedy and decode([t]).strip().isalpha())
+    text, _ = await collect(engine, PROMPT, SamplingParams(max_tokens=6, temperature=0, logit_bias=((forced, 100.0),)))
+    assert text == decode([forced] * 6)
+    text, _ = await collect(engine, PROMPT, SamplingParams(max_tokens=1, temperature=0, logit_bias=((greedy[0], -100.0),)))
+    assert text and text != decode(greedy[:1])
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the generated tokens, for transformers'
+    ``generate``: the reference the engine is checked against."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids[:, self.prompt_len :]):
+            counts = torch.bincount(ids, minlength=scores.shape[-1]).to(scores.dtype)
+            scores[row] -= self.frequency * counts + self.presence * (counts > 0).to(scores.dtype)
+        return scores
+
+
+@pytest.mark.parametrize(("presence", "frequency"), [(0.0, 1.5), (1.0, 0.0), (-2.0, 0.5)])
+async def test_penalties_match_a_reference_over_the_completions_own_tokens(
+    engine: CPUEngine, tiny_model_dir: Path, presence: float, frequency: float
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = tokenizer.encode(PROMPT)
+    penalties = LogitsProcessorList([OpenAIPenalties(len(ids), presence, frequency)])
+    out = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False, logits_processor=penalties)
+    expected = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    params = SamplingParams(max_tokens=40, temperature=0, presence_penalty=presence, frequency_penalty=frequency)
+    text, _ = await collect(engine, PROMPT, params)
+    plain, _ = await collect(engine, PROMPT, SamplingParams(max_tokens=40, temperature=0))
+    assert text == expected
+    assert text != plain  # the penalties changed the answer
+    (in_batch, _), (neighbour, _) = await asyncio.gather(collect(engine, PROMPT, params), collect(engine, PROMPT, GREEDY))
+    assert (in_batch, neighbour) == (expected, plain[: len(neighbour)])  # each row counts its own tokens
 
 
 async def test_stop_sequence_ends_the_stream_before_the_stop_text(engine: CPUEngine) -> None:
@@ -271,6 +314,9 @@ async def test_a_huge_prompt_is_refused_by_its_length_before_tokenizing_and_othe
         (SamplingParams(temperature=-0.5), "temperature"),
         (SamplingParams(top_p=0), "top_p"),
         (SamplingParams(top_p=1.5), "top_p"),
+        (SamplingParams(presence_penalty=2.5), "presence_penalty"),
+        (SamplingParams(frequency_penalty=-2.5), "frequency_penalty"),
+        (SamplingParams(logit_bias=((10**6, 5.0),)), "logit_bias"),
     ],
 )
 async def test_invalid_sampling_parameters_are_rejected(engine: CPUEngine, params: SamplingParams, param: str) -> None:

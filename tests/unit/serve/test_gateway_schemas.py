@@ -26,6 +26,12 @@ def body(**kw) -> bytes:
         (body(messages=MSG, n=2), "n"),
         (body(messages=MSG, stop=["a", "b", "c", "d", "e"]), "stop"),
         (body(messages=[{"role": "wizard", "content": "x"}]), "messages"),
+        (body(messages=MSG, presence_penalty=2.5), "presence_penalty"),
+        (body(messages=MSG, frequency_penalty=-3), "frequency_penalty"),
+        (body(messages=MSG, frequency_penalty="1"), "frequency_penalty"),
+        (body(messages=MSG, logit_bias={"50256": 101}), "logit_bias"),
+        (body(messages=MSG, logit_bias={"-1": 5}), "logit_bias"),
+        (body(messages=MSG, logit_bias=[[1, 5]]), "logit_bias"),
         (orjson.dumps({"messages": MSG}), "model"),
         (b"{not json", None),
         (b"[1, 2]", None),
@@ -171,3 +177,23 @@ def test_completions_refuse_what_they_cannot_honour(field, value):
     assert (exc.value.param, exc.value.code) == (field, "unsupported_parameter")
     neutral = {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}[field]
     assert parse_body(orjson.dumps({**raw, field: neutral}), CompletionRequest).prompt_text == "x"
+
+
+def test_penalties_and_logit_bias_reach_the_sampling_parameters():
+    parsed = parse_body(body(messages=MSG, presence_penalty=0.5, frequency_penalty=-1,
+                             logit_bias={"7": -100, "3": 2.5}), ChatCompletionRequest)  # fmt: skip
+    params = parsed.generate_request("r").params
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -1.0)
+    assert params.logit_bias == ((3, 2.5), (7, -100.0))  # ids as integers, ascending
+    plain = parse_body(body(prompt="x", presence_penalty=0, logit_bias={}), CompletionRequest).generate_request("r")
+    assert (plain.params.presence_penalty, plain.params.frequency_penalty, plain.params.logit_bias) == (0.0, 0.0, ())
+
+
+def test_a_logit_bias_key_that_is_no_token_id_is_named():
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(body(messages=MSG, logit_bias={"hello": 1}), ChatCompletionRequest)
+    assert exc.value.param == "logit_bias"
+    assert exc.value.message.startswith("Invalid key 'hello' in 'logit_bias': keys are token ids")
+    with pytest.raises(InvalidRequest) as exc:
+        parse_body(body(messages=MSG, logit_bias={str(i): 1 for i in range(2049)}), ChatCompletionRequest)
+    assert exc.value.message == "'logit_bias' has 2049 items; at most 2048 are allowed."

@@ -23,7 +23,14 @@ from serve.config import AnthropicProvider, AzureProvider, OpenAIProvider, Toget
 from serve.providers._http import UpstreamClient, retry_after_s
 from serve.providers.anthropic import AnthropicMessagesProvider, EmbeddingsUnsupported, to_anthropic_messages
 from serve.providers.azure import AzureOpenAIProvider
-from serve.providers.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamStatus, UpstreamTimeout
+from serve.gateway.errors import from_provider_error
+from serve.providers.errors import (
+    UnsupportedParameter,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from serve.providers.openai_compat import OpenAICompatibleProvider
 from serve.runtimes.engine import ChatMessage, GenerateRequest, SamplingParams, TokenDelta
 from tests.fakes.upstreams import FakeUpstream
@@ -348,6 +355,35 @@ async def test_anthropic_has_no_embeddings_and_says_so_without_retry():
         await anthropic(Upstream(lambda _: httpx.Response(500))).embed(["x"])
     assert caught.value.retryable is False
     assert "embeddings" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"logit_bias": ((50256, -100.0),)}, "logit_bias"), ({"presence_penalty": 0.5}, "presence_penalty"),
+     ({"frequency_penalty": -1.0}, "frequency_penalty")],
+)  # fmt: skip
+async def test_anthropic_refuses_what_it_has_no_equivalent_for_before_sending(params, param):
+    upstream = Upstream(lambda _: httpx.Response(500))
+    provider = anthropic(upstream)
+    for call in (lambda: collect(provider, chat(max_tokens=5, **params)), lambda: provider.complete(chat(max_tokens=5, **params))):
+        with pytest.raises(UnsupportedParameter) as caught:
+            await call()
+        assert (caught.value.param, caught.value.code, caught.value.retryable) == (param, "unsupported_parameter", False)
+        assert f"no '{param}'" in caught.value.message
+    assert upstream.requests == []
+    refused = from_provider_error(caught.value)
+    assert (refused.status, refused.param, refused.code) == (400, param, "unsupported_parameter")
+
+
+async def test_openai_body_carries_penalties_and_logit_bias_only_when_set():
+    upstream = Upstream(lambda _: streamed(OPENAI_STREAM))
+    provider = openai(upstream)
+    await collect(provider, chat(max_tokens=5, presence_penalty=0.5, frequency_penalty=-1.0, logit_bias=((3, 2.0), (50256, -100.0))))
+    sent = upstream.body()
+    assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, -1.0)
+    assert sent["logit_bias"] == {"3": 2.0, "50256": -100.0}
+    await collect(provider, chat(max_tokens=5))
+    assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(upstream.body())
 
 
 # --- OpenAI stream reading -----------------------------------------------------------------------
