@@ -54,17 +54,44 @@ class TextPart(_Lenient):
     text: str
 
 
-class Message(_Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+Content = str | list[TextPart]
+
+
+class _Message(_Lenient):
     name: str | None = None
 
     def text(self) -> str:
-        if self.content is None:
+        content = self.content  # type: ignore[attr-defined]
+        if content is None:
             return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
+        if isinstance(content, str):
+            return content
+        return "".join(p.text for p in content)
+
+
+class InstructionMessage(_Message):
+    """A system, developer or user message: its content is required, as OpenAI requires it."""
+
+    role: Literal["system", "developer", "user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    """An earlier answer; its content may be null, as OpenAI's may (a turn that only called tools)."""
+
+    role: Literal["assistant"]
+    content: Content | None = None
+
+
+class ToolMessage(_Message):
+    """A tool's result: content and the id of the call it answers are required."""
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+Message = Annotated[InstructionMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class StreamOptions(_Lenient):
@@ -243,8 +270,12 @@ def _describe(exc: ValidationError, data: dict) -> tuple[str, str | None]:
     where = ".".join(str(p) for p in path) or "body"
     param = str(path[0]) if path else None
     kind, ctx = err["type"], err.get("ctx") or {}
-    if kind == "missing":
-        return f"Missing required parameter: '{where}'.", param
+    if kind == "missing" or kind == "union_tag_not_found":  # the tag: messages' role
+        tag = f".{ctx['discriminator'].strip(chr(39))}" if kind == "union_tag_not_found" else ""
+        return f"Missing required parameter: '{where}{tag}'.", param
+    if kind == "union_tag_invalid":
+        return (f"Invalid value for '{where}.{ctx['discriminator'].strip(chr(39))}': {ctx['tag']!r} is not one of"
+                f" {ctx['expected_tags']}."), param
     if kind == "too_long":
         count = ctx.get("actual_length") or len(err["input"])  # pydantic counts no dict's items
         return f"'{where}' has {count} items; at most {ctx.get('max_length')} are allowed.", param
@@ -269,6 +300,8 @@ def _located(err: dict, data: Any) -> tuple[list, dict, bool]:
     value found there (``input.list[str]`` for a list: yes; ``input.str`` for a list: no)."""
     path, value, matches = [], data, True
     for part in err["loc"]:
+        if isinstance(value, dict) and part not in value and part == value.get("role"):
+            continue  # the tag pydantic names a discriminated union's member by (messages' role)
         if isinstance(value, dict) and part in value:
             path.append(part)
             value = value[part]

@@ -41,7 +41,9 @@ from serve.metrics.store import MAX_POINTS, ChdbStore
 from tests.fakes.oidc import FakeIssuer
 from tests.integration.pipelines.harness import registry
 
-MAX_EXAMPLES = 12  # per operation, generation mode and caller: enough to find the classics, fast in CI
+# per operation, generation mode and caller: enough to find the classics, fast in CI
+# (FOUNDRY_FUZZ_EXAMPLES=500 for a deeper run by hand)
+MAX_EXAMPLES = int(os.environ.get("FOUNDRY_FUZZ_EXAMPLES", "12"))
 STORE_YEARS = (1900, 2299)
 # Bodies whose validity JSON Schema can state only in part: the published schema gives their
 # shape, and a shapely body may still be refused with a 400 naming what is wrong. A pipeline

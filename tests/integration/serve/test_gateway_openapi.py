@@ -8,6 +8,8 @@ valid bodies accepted, invalid ones refused.
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 import schemathesis
@@ -16,6 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 
 from tests.fakes.upstreams import OpenAIUpstream
+
+MAX_EXAMPLES = int(os.environ.get("FOUNDRY_FUZZ_EXAMPLES", "30"))  # per operation and mode; more by hand
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -75,7 +79,7 @@ def test_the_gateway_holds_to_its_document(gateway_schema, mode):
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def holds(case):
             # the upstream's vectors have 8 dimensions: asking for more is a 400 (tested apart)
             assume(not (mode is GenerationMode.POSITIVE and _more_dimensions_than(8, case)))

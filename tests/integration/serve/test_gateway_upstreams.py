@@ -59,6 +59,12 @@ def providers(**upstreams: OpenAIUpstream) -> str:
     )
 
 
+def table(model: str, kind: str, url: str, **settings: str) -> str:
+    """A ``[models.MODEL.providers.p]`` table."""
+    lines = "".join(f'{key} = "{value}"\n' for key, value in settings.items())
+    return f'[models.{model}.providers.p]\ntype = "{kind}"\nbase_url = "{url}"\n{lines}'
+
+
 def client(gw: GatewayServer, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0, timeout=30, **kw)
 
@@ -73,24 +79,10 @@ def test_all_provider_types(upstreams, gateway, monkeypatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-key")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "an-key")
     gw = gateway(
-        f"""
-[models.oa.providers.p]
-type = "openai"
-base_url = "{oa.url}"
-api_key_env = "OA_KEY"
-[models.tg.providers.p]
-type = "together"
-base_url = "{tg.url}"
-api_key_env = "TG_KEY"
-[models.az.providers.p]
-type = "azure"
-base_url = "{az.url}"
-deployment = "dep"
-[models.an.providers.p]
-type = "anthropic"
-base_url = "{an.url}"
-model = "claude-test"
-"""
+        table("oa", "openai", oa.url, api_key_env="OA_KEY")
+        + table("tg", "together", tg.url, api_key_env="TG_KEY")
+        + table("az", "azure", az.url, deployment="dep")
+        + table("an", "anthropic", an.url, model="claude-test")
     )
     c = client(gw)
     for model, upstream in (("oa", oa), ("tg", tg), ("az", az), ("an", an)):
@@ -113,18 +105,7 @@ def test_penalties_and_logit_bias_go_upstream_or_are_refused_by_name(upstreams, 
     an = upstreams(AnthropicUpstream, api_key="an-key")
     monkeypatch.setenv("OA_KEY", "oa-key")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "an-key")
-    gw = gateway(
-        f"""
-[models.oa.providers.p]
-type = "openai"
-base_url = "{oa.url}"
-api_key_env = "OA_KEY"
-[models.an.providers.p]
-type = "anthropic"
-base_url = "{an.url}"
-model = "claude-test"
-"""
-    )
+    gw = gateway(table("oa", "openai", oa.url, api_key_env="OA_KEY") + table("an", "anthropic", an.url, model="claude-test"))
     with client(gw) as c:
         shaping = {"presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"50256": -100, "7": 3}}
         for stream in (False, True):

@@ -82,6 +82,13 @@ def test_max_completion_tokens_wins():
     assert req.token_limit == 5
 
 
+def test_an_earlier_answer_may_have_no_content_and_a_tool_result_names_its_call():
+    turns = [MSG[0], {"role": "assistant", "content": None}, {"role": "tool", "content": "42", "tool_call_id": "c1"},
+             {"role": "developer", "content": "be brief"}]  # fmt: skip
+    req = parse_body(body(messages=turns), ChatCompletionRequest)
+    assert [(m.role, m.text()) for m in req.messages] == [("user", "hi"), ("assistant", ""), ("tool", "42"), ("developer", "be brief")]
+
+
 def test_text_content_parts_are_joined():
     req = parse_body(
         body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]),
@@ -121,8 +128,19 @@ def test_embedding_inputs():
             ChatCompletionRequest, "messages", "Missing required parameter: 'messages.0.content.0.text'.",
         ),
         (body(messages=MSG, temperature=3), ChatCompletionRequest, "temperature", "Invalid value for 'temperature'"),
+        # messages take their shape from their role, as OpenAI's do
+        (body(messages=[{"role": "user"}]), ChatCompletionRequest, "messages", "Missing required parameter: 'messages.0.content'."),
+        (body(messages=[MSG[0], {"role": "system", "content": None}]), ChatCompletionRequest, "messages",
+         "Invalid value for 'messages.1.content': Input should be a valid string."),
+        (body(messages=[{"role": "tool", "content": "42"}]), ChatCompletionRequest, "messages",
+         "Missing required parameter: 'messages.0.tool_call_id'."),
+        (body(messages=[{"content": "x"}]), ChatCompletionRequest, "messages", "Missing required parameter: 'messages.0.role'."),
+        (body(messages=[{"role": "wizard", "content": "x"}]), ChatCompletionRequest, "messages",
+         "Invalid value for 'messages.0.role': 'wizard' is not one of 'system', 'developer', 'user', 'assistant', 'tool'."),
+        (body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+         ChatCompletionRequest, "messages", "Invalid value for 'messages.0.content.0.type': Input should be 'text'."),
     ],
-)
+)  # fmt: skip
 def test_errors_name_the_real_problem(raw, schema, param, message):
     with pytest.raises(InvalidRequest) as exc:
         parse_body(raw, schema)
