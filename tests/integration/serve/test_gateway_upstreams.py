@@ -59,10 +59,10 @@ def providers(**upstreams: OpenAIUpstream) -> str:
     )
 
 
-def table(model: str, kind: str, url: str, **settings: str) -> str:
-    """A ``[models.MODEL.providers.p]`` table."""
+def table(name: str, kind: str, url: str, **settings: str) -> str:
+    """A ``[models.NAME.providers.p]`` table."""
     lines = "".join(f'{key} = "{value}"\n' for key, value in settings.items())
-    return f'[models.{model}.providers.p]\ntype = "{kind}"\nbase_url = "{url}"\n{lines}'
+    return f'[models.{name}.providers.p]\ntype = "{kind}"\nbase_url = "{url}"\n{lines}'
 
 
 def client(gw: GatewayServer, **kw) -> openai.OpenAI:
