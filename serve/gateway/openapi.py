@@ -134,6 +134,7 @@ def describe(app: FastAPI, models: list[str]) -> dict[str, Any]:
         schemas.update(body.pop("$defs", {}))
         if models:
             body["properties"]["model"] = {"type": "string", "enum": sorted(models)}
+        body["properties"].update({name: refusal.json_schema() for name, refusal in getattr(model, "REFUSED", {}).items()})
         schemas[model.__name__] = body
         operation = doc["paths"][path]["post"]
         operation["requestBody"] = {

@@ -15,7 +15,7 @@ runtimes and OpenAI-compatible providers, and a provider without them refuses th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 
@@ -112,12 +112,30 @@ LogitBias = Annotated[
 Penalty = Annotated[float | None, Field(default=None, ge=-2, le=2)]
 
 
-# name -> (whether a value is one the gateway honours (the neutral one), what the name asks for)
-Refused = dict[str, tuple[Callable[[Any], bool], str]]
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A parameter the gateway cannot honour: only null and its ``neutral`` values pass."""
+
+    what: str  # what a non-neutral value asks for
+    neutral: tuple[Any, ...] = ()
+
+    def honoured(self, value: Any) -> bool:
+        return value is None or any(_json_equal(value, n) for n in self.neutral)
+
+    def json_schema(self) -> dict[str, Any]:
+        """What ``/v1/openapi.json`` says of it, so that a fuzzer's valid bodies pass."""
+        return {"anyOf": [{"type": "null"}, *({"const": n} for n in self.neutral)],
+                "description": f"{self.what} is not supported: only the values given here pass"}  # fmt: skip
 
 
-def _off(*neutral: Any) -> Callable[[Any], bool]:
-    return lambda value: value is None or any(value == n and type(value) is type(n) for n in neutral)
+def _json_equal(value: Any, neutral: Any) -> bool:
+    """Equal as JSON values are: 1 and 1.0 are, false and 0 are not."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return type(value) is type(neutral) and value == neutral
+    return value == neutral
+
+
+Refused = dict[str, Refusal]
 
 
 class _Sampling(_Lenient):
@@ -166,15 +184,15 @@ class ChatCompletionRequest(_Sampling):
     with a 400 (``unsupported_parameter``)."""
 
     REFUSED: ClassVar[Refused] = {
-        "tools": (_off([]), "tool calling"),
-        "functions": (_off([]), "function calling"),
-        "tool_choice": (_off("none", "auto"), "tool calling"),
-        "function_call": (_off("none", "auto"), "function calling"),
-        "response_format": (lambda v: v is None or v == {"type": "text"}, "structured output (JSON mode)"),
-        "logprobs": (_off(False), "log probabilities"),
-        "top_logprobs": (_off(0), "log probabilities"),
-        "audio": (_off(), "audio output"),
-        "modalities": (_off(["text"]), "audio output"),
+        "tools": Refusal("tool calling", ([],)),
+        "functions": Refusal("function calling", ([],)),
+        "tool_choice": Refusal("tool calling", ("none", "auto")),
+        "function_call": Refusal("function calling", ("none", "auto")),
+        "response_format": Refusal("structured output (JSON mode)", ({"type": "text"},)),
+        "logprobs": Refusal("log probabilities", (False,)),
+        "top_logprobs": Refusal("log probabilities", (0,)),
+        "audio": Refusal("audio output"),
+        "modalities": Refusal("audio output", (["text"],)),
     }
 
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -199,10 +217,10 @@ class CompletionRequest(_Sampling):
     (``unsupported_parameter``)."""
 
     REFUSED: ClassVar[Refused] = {
-        "logprobs": (_off(0), "log probabilities"),
-        "echo": (_off(False), "echoing the prompt"),
-        "best_of": (_off(1), "best-of sampling"),
-        "suffix": (_off(""), "insertion (suffix)"),
+        "logprobs": Refusal("log probabilities", (0,)),
+        "echo": Refusal("echoing the prompt", (False,)),
+        "best_of": Refusal("best-of sampling", (1,)),
+        "suffix": Refusal("insertion (suffix)", ("",)),
     }
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
@@ -247,10 +265,10 @@ def parse_body(raw: bytes, schema: type[T]) -> T:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    for name, (honoured, what) in getattr(schema, "REFUSED", {}).items():
-        if name in data and not honoured(data[name]):
+    for name, refusal in getattr(schema, "REFUSED", {}).items():
+        if name in data and not refusal.honoured(data[name]):
             raise InvalidRequest(
-                f"'{name}' asks for {what}, which this gateway does not support; send the request without it.",
+                f"'{name}' asks for {refusal.what}, which this gateway does not support; send the request without it.",
                 param=name,
                 code="unsupported_parameter",
             )

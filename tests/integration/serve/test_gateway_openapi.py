@@ -17,6 +17,7 @@ from gateway_harness import KEY, GatewayServer
 from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 
+from serve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tests.fakes.upstreams import OpenAIUpstream
 
 MAX_EXAMPLES = int(os.environ.get("FOUNDRY_FUZZ_EXAMPLES", "30"))  # per operation and mode; more by hand
@@ -57,6 +58,10 @@ def test_the_document_names_routes_bodies_and_models(gateway):
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
     assert {"200", "400", "401", "413", "429"} <= set(chat["responses"])
     assert doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["chat"]
+    # what is refused unless neutral is described with its neutral values (tested in test_gateway_schemas)
+    assert doc["components"]["schemas"]["CompletionRequest"]["properties"]["best_of"]["anyOf"] == [{"type": "null"}, {"const": 1}]
+    assert set(CompletionRequest.REFUSED) <= set(doc["components"]["schemas"]["CompletionRequest"]["properties"])
+    assert set(ChatCompletionRequest.REFUSED) <= set(doc["components"]["schemas"]["ChatCompletionRequest"]["properties"])
 
 
 def test_unknown_urls_and_methods_are_named_in_the_error_shape(gateway):

@@ -187,6 +187,20 @@ def test_their_neutral_values_pass(extra):
     assert parse_body(orjson.dumps({**CHAT, **extra}), ChatCompletionRequest).messages[0].text() == "hi"
 
 
+@pytest.mark.parametrize(("schema", "base"), [(ChatCompletionRequest, CHAT), (CompletionRequest, {"model": "m", "prompt": "x"})])
+def test_the_document_names_each_refused_parameters_neutral_values_and_they_pass(schema, base):
+    """Found by schemathesis: ``"best_of": {...}`` was valid by the document (any extra field
+    was) and refused by the gateway. Now the document lists what passes."""
+    for name, refusal in schema.REFUSED.items():
+        allowed = refusal.json_schema()["anyOf"]  # what /v1/openapi.json says of it
+        assert allowed[0] == {"type": "null"} and [a["const"] for a in allowed[1:]] == list(refusal.neutral)
+        for value in (None, *refusal.neutral):
+            parse_body(orjson.dumps({**base, name: value}), schema)
+        with pytest.raises(InvalidRequest):
+            parse_body(orjson.dumps({**base, name: {"x": 1}}), schema)
+    assert parse_body(orjson.dumps({**base, "best_of": 1.0} if schema is CompletionRequest else base), schema)
+
+
 @pytest.mark.parametrize("field, value", [("logprobs", 5), ("echo", True), ("best_of", 3), ("suffix", "}")])
 def test_completions_refuse_what_they_cannot_honour(field, value):
     raw = {"model": "m", "prompt": "x", field: value}
