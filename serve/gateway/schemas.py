@@ -58,15 +58,15 @@ Content = str | list[TextPart]
 
 
 class _Message(_Lenient):
+    content: Content | None = None
     name: str | None = None
 
     def text(self) -> str:
-        content = self.content  # type: ignore[attr-defined]
-        if content is None:
+        if self.content is None:
             return ""
-        if isinstance(content, str):
-            return content
-        return "".join(p.text for p in content)
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
 
 
 class InstructionMessage(_Message):
@@ -80,7 +80,6 @@ class AssistantMessage(_Message):
     """An earlier answer; its content may be null, as OpenAI's may (a turn that only called tools)."""
 
     role: Literal["assistant"]
-    content: Content | None = None
 
 
 class ToolMessage(_Message):
@@ -288,12 +287,13 @@ def _describe(exc: ValidationError, data: dict) -> tuple[str, str | None]:
     where = ".".join(str(p) for p in path) or "body"
     param = str(path[0]) if path else None
     kind, ctx = err["type"], err.get("ctx") or {}
-    if kind == "missing" or kind == "union_tag_not_found":  # the tag: messages' role
-        tag = f".{ctx['discriminator'].strip(chr(39))}" if kind == "union_tag_not_found" else ""
-        return f"Missing required parameter: '{where}{tag}'.", param
+    tag = str(ctx.get("discriminator", "")).strip("'")  # a discriminated union's tag: messages' role
+    if kind == "missing":
+        return f"Missing required parameter: '{where}'.", param
+    if kind == "union_tag_not_found":
+        return f"Missing required parameter: '{where}.{tag}'.", param
     if kind == "union_tag_invalid":
-        return (f"Invalid value for '{where}.{ctx['discriminator'].strip(chr(39))}': {ctx['tag']!r} is not one of"
-                f" {ctx['expected_tags']}."), param
+        return f"Invalid value for '{where}.{tag}': {ctx['tag']!r} is not one of {ctx['expected_tags']}.", param
     if kind == "too_long":
         count = ctx.get("actual_length") or len(err["input"])  # pydantic counts no dict's items
         return f"'{where}' has {count} items; at most {ctx.get('max_length')} are allowed.", param
