@@ -64,12 +64,12 @@ class RunCreate(_Body):
 
 
 class RunCancel(_Body):
-    version: int | None = Field(default=None, description="refuse (409) unless the run is still at this version")
+    version: int | None = Field(default=None, ge=0, lt=2**63, description="refuse (409) unless the run is still at this version")
 
 
 class EventSend(_Body):
     data: Any = None
-    version: int | None = Field(default=None, description="refuse (409) unless the run is still at this version")
+    version: int | None = Field(default=None, ge=0, lt=2**63, description="refuse (409) unless the run is still at this version")
 
 
 _ERRORS: dict[int, type[ControlError]] = {400: InvalidRequest, 404: NotFound, 409: Conflict, 503: PipelinesUnavailable}
@@ -186,7 +186,7 @@ def router() -> APIRouter:
     async def get_pipeline(
         request: Request,
         pipeline_id: Annotated[str, Path(max_length=200)],
-        version: Annotated[int | None, Query(ge=1)] = None,
+        version: Annotated[int | None, Query(ge=1, lt=2**63)] = None,  # a stored BIGINT
     ) -> dict:
         return await _call(request, "get_pipeline", pipeline_id, version)
 

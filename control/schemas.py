@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -61,7 +62,7 @@ KeyName = Annotated[str, StringConstraints(max_length=100, pattern=_PRINTABLE)]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 """An id or a name in a URL: what ids and project names are made of."""
 Limit = Annotated[int, Field(gt=0, le=2**31 - 1)]
-BudgetTokens = Annotated[int, Field(gt=0, le=2**63 - 1)]
+BudgetTokens = Annotated[int, Field(gt=0, lt=2**63)]  # a bound floats hold exactly: 2**63 - 1 is 2**63 as one
 BudgetUsd = Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
 BudgetPeriod = Literal["day", "month"]
 
@@ -240,23 +241,24 @@ class UsagePublic(_Response):
         return cls.model_validate(report)
 
 
-Email = Annotated[
-    str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
-]
-UserRef = Annotated[str, StringConstraints(min_length=1, max_length=320, pattern=r"^[^\s\x00-\x1f\x7f/]+$")]
+# Control characters and white space, spelt out: "\s" differs between Python's re, pydantic's
+# regex engine and the ECMA regexes of the OpenAPI document (U+0085 is space to two of them).
+_BLANK = r"\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+Email = Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=rf"^[^@{_BLANK}]+@[^@{_BLANK}]+$")]
+UserRef = Annotated[str, StringConstraints(min_length=1, max_length=320, pattern=rf"^[^/{_BLANK}]+$")]
 RoleName = Literal["owner", "member", "viewer"]
 
 
 class UserCreate(_Request):
     email: Email
-    is_admin: bool = False
+    is_admin: StrictBool = False  # true or false: 0 and "yes" are 400s, as the document says
 
 
 class UserUpdate(_Request):
     """Only the fields given change."""
 
-    is_active: bool | None = None
-    is_admin: bool | None = None
+    is_active: StrictBool | None = None
+    is_admin: StrictBool | None = None
 
 
 class UserPublic(_Response):

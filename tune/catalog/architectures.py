@@ -596,7 +596,11 @@ def resolve_model(model: str | Path) -> Architecture:
     arch = CATALOG.get(text.lower())
     if arch is not None:
         return arch
-    p = Path(text).expanduser()
-    if p.is_file() or (p.is_dir() and (p / "config.json").is_file()):
+    try:
+        p = Path(text).expanduser()
+        found = p.is_file() or (p.is_dir() and (p / "config.json").is_file())
+    except (RuntimeError, OSError, ValueError):  # "~nobody/x", a name too long for the file system
+        found = False
+    if found:
         return load_config_json(p)
     raise UnknownModel(text)

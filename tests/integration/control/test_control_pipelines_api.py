@@ -130,6 +130,10 @@ async def test_bad_input_gets_the_error_shape_naming_the_problem(api):
     response = await api.post(f"/pipelines/{pipeline_id}/runs", json={"parms": {}})
     assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_field"
     assert (await api.get("/pipelines/runs/run_missing")).status_code == 404
+    # a version past SQLite's INTEGER was a 500 (OverflowError), found by fuzzing
+    for response in (await api.get(f"/pipelines/{pipeline_id}?version={2**64}"),
+                     await api.post("/pipelines/runs/run_missing/cancel", json={"version": 2**64})):  # fmt: skip
+        assert response.status_code == 400 and response.json()["error"]["param"] == "version"
     assert (await api.get("/pipelines/runs/run_missing/stream")).status_code == 404
     assert (await api.post("/pipelines/pl_missing/runs", json={})).status_code == 404
     response = await api.post("/pipelines/runs/run_missing/events/x", json={"data": {}})

@@ -146,6 +146,10 @@ def test_bad_config_and_unknown_model_are_typed_errors(tmp_path: Path):
         load_config_json(path)
     with pytest.raises(UnknownModel, match="no-such/model"):
         resolve_model("no-such/model")
+    # paths the file system cannot look up are unknown models too, not crashes (found by fuzzing /predict)
+    for text in ("~no-such-user-0/config.json", "é" * 200, "a\x00b"):
+        with pytest.raises(UnknownModel):
+            resolve_model(text)
 
 
 def test_precision_resolution():
