@@ -166,8 +166,13 @@ def _token(issuer: FakeIssuer, who: str) -> str:
 
 
 def _sendable_query(case) -> bool:
+    """Whether the query goes out as generated: a parameter with an empty name, or an empty list or
+    object, is not sent at all, and a list of one item is sent as that item (``?model_path=0.0``
+    for ``["0.0"]``), which a string parameter rightly takes."""
     query = case.query if isinstance(case.query, dict) else {}
-    return "" not in query and not any(isinstance(v, list | dict) and not v for v in query.values())
+    return "" not in query and not any(
+        (isinstance(v, dict) and not v) or (isinstance(v, list) and len(v) <= 1) for v in query.values()
+    )
 
 
 @pytest.mark.parametrize("who", ["admin", "mira"])
@@ -183,7 +188,7 @@ def test_schemathesis_finds_no_failures(api: str, issuer: FakeIssuer, who: str) 
             strategy = operation.as_strategy(generation_mode=mode)
             if mode is GenerationMode.POSITIVE:  # what OpenAPI cannot say: since before until, ...
                 strategy = strategy.filter(_window_in_order).filter(_answerable_window).filter(_expiry_ahead)
-            else:  # a query parameter with an empty name or an empty list/object value is not sent at all
+            else:
                 strategy = strategy.filter(_sendable_query)
             excluded = SEMANTIC_BODIES.get((operation.method.upper(), operation.path), [])
 
