@@ -63,13 +63,17 @@ class RunCreate(_Body):
     params: dict[str, Any] = {}
 
 
+# a run's stored version (a BIGINT)
+ExpectedVersion = Annotated[int | None, Field(ge=0, lt=2**63, description="refuse (409) unless the run is still at this version")]
+
+
 class RunCancel(_Body):
-    version: int | None = Field(default=None, ge=0, lt=2**63, description="refuse (409) unless the run is still at this version")
+    version: ExpectedVersion = None
 
 
 class EventSend(_Body):
     data: Any = None
-    version: int | None = Field(default=None, ge=0, lt=2**63, description="refuse (409) unless the run is still at this version")
+    version: ExpectedVersion = None
 
 
 _ERRORS: dict[int, type[ControlError]] = {400: InvalidRequest, 404: NotFound, 409: Conflict, 503: PipelinesUnavailable}

@@ -108,7 +108,7 @@ LogitBias = Annotated[
         "description": "token id (of the model's tokenizer) -> bias added to its logit",
     }),
 ]
-Penalty = Annotated[float | None, Field(default=None, ge=-2, le=2)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +147,8 @@ class _Sampling(_Lenient):
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
     seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     stop: Stop = None
-    presence_penalty: Penalty = None
-    frequency_penalty: Penalty = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
